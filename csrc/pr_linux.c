@@ -1,0 +1,286 @@
+/* Linux system calls of portreserve; declarations and contract in pr_linux.h. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <linux/filter.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include "pr_linux.h"
+
+#ifndef IP_LOCAL_PORT_RANGE
+#define IP_LOCAL_PORT_RANGE 51 /* Linux 6.3 */
+#endif
+
+static int fail(int *err)
+{
+    *err = errno;
+    return -1;
+}
+
+/* A UDP holder must not collect datagrams sent to its port: a filter that
+ * accepts zero bytes drops them all, and a minimal buffer bounds the rest. */
+static int drop_input(int fd)
+{
+    static struct sock_filter drop_all = BPF_STMT(BPF_RET | BPF_K, 0);
+    struct sock_fprog prog = {1, &drop_all};
+    int small = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
+        return -1;
+    return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+}
+
+static int open_holder(int family, int type)
+{
+    int fd = socket(family, type | SOCK_CLOEXEC, 0);
+    int off = 0;
+    if (fd < 0)
+        return -1;
+    /* Dual-stack: one [::] holder blocks IPv4 and IPv6 binds alike. */
+    if ((family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) < 0) ||
+        (type == SOCK_DGRAM && drop_input(fd) < 0)) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+static int bind_port(int fd, int family, const unsigned char *addr, unsigned int port)
+{
+    if (family == AF_INET6) {
+        struct sockaddr_in6 sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sin6_family = AF_INET6;
+        sa.sin6_port = htons((unsigned short)port);
+        if (addr)
+            memcpy(&sa.sin6_addr, addr, 16);
+        return bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    } else {
+        struct sockaddr_in sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons((unsigned short)port);
+        if (addr)
+            memcpy(&sa.sin_addr, addr, 4);
+        return bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    }
+}
+
+int pr_hold(int family, int type, unsigned int start, unsigned int count,
+            int *fds, int *err)
+{
+    unsigned int i;
+    for (i = 0; i < count; i++) {
+        int fd = open_holder(family, type);
+        if (fd < 0 || bind_port(fd, family, NULL, start + i) < 0) {
+            *err = errno;
+            if (fd >= 0)
+                close(fd);
+            pr_close_all(fds, i);
+            return (int)i;
+        }
+        fds[i] = fd;
+    }
+    return (int)count;
+}
+
+int pr_hold_any(int family, int type, int *fd, int *err)
+{
+    struct sockaddr_in6 sa;
+    socklen_t len = sizeof sa;
+    int h = open_holder(family, type);
+    if (h < 0)
+        return fail(err);
+    if (bind_port(h, family, NULL, 0) < 0 ||
+        getsockname(h, (struct sockaddr *)&sa, &len) < 0) {
+        *err = errno;
+        close(h);
+        return -1;
+    }
+    *fd = h;
+    /* sin_port and sin6_port sit at the same offset. */
+    return ntohs(sa.sin6_port);
+}
+
+void pr_close_all(const int *fds, unsigned int count)
+{
+    unsigned int i;
+    for (i = 0; i < count; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+static int dump_family(int nl, int family, int protocol, unsigned char *map)
+{
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req_v2 req;
+    } msg;
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    long buf[8192 / sizeof(long)];
+
+    memset(&msg, 0, sizeof msg);
+    msg.nlh.nlmsg_len = sizeof msg;
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.req.sdiag_family = (unsigned char)family;
+    msg.req.sdiag_protocol = (unsigned char)protocol;
+    msg.req.idiag_states = ~0u;
+    if (sendto(nl, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
+        return -1;
+    for (;;) {
+        ssize_t n = recv(nl, buf, sizeof buf, 0);
+        struct nlmsghdr *h = (struct nlmsghdr *)buf;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        for (; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_type == NLMSG_DONE)
+                return 0;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                struct nlmsgerr *e = NLMSG_DATA(h);
+                errno = e->error ? -e->error : EPROTO;
+                return -1;
+            }
+            if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY) {
+                struct inet_diag_msg *d = NLMSG_DATA(h);
+                map[ntohs(d->id.idiag_sport)] = 1;
+            }
+        }
+    }
+}
+
+int pr_bound_ports(int protocol, unsigned char *map, int *err)
+{
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    int rc;
+    if (nl < 0)
+        return fail(err);
+    rc = dump_family(nl, AF_INET, protocol, map);
+    if (rc == 0)
+        rc = dump_family(nl, AF_INET6, protocol, map);
+    if (rc < 0)
+        *err = errno;
+    close(nl);
+    return rc;
+}
+
+/* Options a user may have set on a fresh socket before binding it; the
+ * holder takes them over before it replaces the user's descriptor. */
+static const struct {
+    int level, name;
+} copied[] = {
+    {SOL_SOCKET, SO_REUSEADDR},  {SOL_SOCKET, SO_REUSEPORT},
+    {SOL_SOCKET, SO_KEEPALIVE},  {SOL_SOCKET, SO_BROADCAST},
+    {SOL_SOCKET, SO_OOBINLINE},  {SOL_SOCKET, SO_SNDBUF},
+    {SOL_SOCKET, SO_RCVLOWAT},   {SOL_SOCKET, SO_PRIORITY},
+    {SOL_SOCKET, SO_MARK},       {IPPROTO_IPV6, IPV6_UNICAST_HOPS},
+    {IPPROTO_IPV6, IPV6_TCLASS}, {IPPROTO_TCP, TCP_NODELAY},
+    {IPPROTO_TCP, TCP_KEEPIDLE}, {IPPROTO_TCP, TCP_KEEPINTVL},
+    {IPPROTO_TCP, TCP_KEEPCNT},  {IPPROTO_TCP, TCP_USER_TIMEOUT},
+};
+
+static int copy_options(int from, int to, int type)
+{
+    unsigned int i;
+    int a, b, flags;
+    socklen_t len;
+    struct linger la, lb;
+
+    for (i = 0; i < sizeof copied / sizeof copied[0]; i++) {
+        if (copied[i].level == IPPROTO_TCP && type != SOCK_STREAM)
+            continue;
+        len = sizeof a;
+        if (getsockopt(from, copied[i].level, copied[i].name, &a, &len) < 0)
+            return -1;
+        len = sizeof b;
+        if (getsockopt(to, copied[i].level, copied[i].name, &b, &len) < 0)
+            return -1;
+        /* getsockopt reports buffer sizes doubled; setsockopt doubles again. */
+        if (a != b && copied[i].name == SO_SNDBUF && copied[i].level == SOL_SOCKET)
+            a /= 2;
+        if (a != b && setsockopt(to, copied[i].level, copied[i].name, &a, sizeof a) < 0)
+            return -1;
+    }
+    len = sizeof la;
+    if (getsockopt(from, SOL_SOCKET, SO_LINGER, &la, &len) < 0)
+        return -1;
+    len = sizeof lb;
+    if (getsockopt(to, SOL_SOCKET, SO_LINGER, &lb, &len) < 0)
+        return -1;
+    if ((la.l_onoff != lb.l_onoff || la.l_linger != lb.l_linger) &&
+        setsockopt(to, SOL_SOCKET, SO_LINGER, &la, sizeof la) < 0)
+        return -1;
+    if (type == SOCK_DGRAM) {
+        /* Undo drop_input(): the user's socket receives normally.  The
+         * kernel wants an int-sized option even though it ignores it. */
+        int unused = 0;
+        if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0)
+            return -1;
+    }
+    len = sizeof a;
+    if (getsockopt(from, SOL_SOCKET, SO_RCVBUF, &a, &len) < 0)
+        return -1;
+    a /= 2;
+    if (setsockopt(to, SOL_SOCKET, SO_RCVBUFFORCE, &a, sizeof a) < 0 &&
+        setsockopt(to, SOL_SOCKET, SO_RCVBUF, &a, sizeof a) < 0)
+        return -1;
+    flags = fcntl(from, F_GETFL);
+    if (flags < 0 || fcntl(to, F_SETFL, flags) < 0)
+        return -1;
+    return 0;
+}
+
+int pr_handoff_dup(int holder, int user, int *err)
+{
+    int type, fdflags;
+    socklen_t len = sizeof type;
+    if (getsockopt(user, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+        (fdflags = fcntl(user, F_GETFD)) < 0 || copy_options(user, holder, type) < 0 ||
+        dup3(holder, user, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0)
+        return fail(err);
+    close(holder);
+    return 0;
+}
+
+int pr_handoff_reuseport(int holder, int user, int family,
+                         const unsigned char *addr, unsigned int port, int *err)
+{
+    int on = 1, off = 0, had = 0;
+    socklen_t len = sizeof had;
+    if (getsockopt(user, SOL_SOCKET, SO_REUSEPORT, &had, &len) < 0 ||
+        setsockopt(holder, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+        setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
+        return fail(err);
+    if (bind_port(user, family, addr, port) < 0) {
+        *err = errno;
+        setsockopt(holder, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off);
+        setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &had, sizeof had);
+        return -1;
+    }
+    close(holder);
+    /* Clearing the flag again makes later SO_REUSEPORT binds by others fail. */
+    if (!had)
+        setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off);
+    return 0;
+}
+
+int pr_set_local_port_range(int fd, unsigned int lo, unsigned int hi, int *err)
+{
+    unsigned int range = (hi << 16) | lo;
+    if (setsockopt(fd, IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range) < 0)
+        return fail(err);
+    return 0;
+}

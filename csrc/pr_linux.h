@@ -1,0 +1,41 @@
+/* Linux half of the portreserve shim.  This text is also the CFFI cdef, so it
+ * holds only declarations cffi can parse (no #include, no macros).
+ *
+ * Every call returns -1 on failure with the errno of the failing system call
+ * in *err, as captured right after that call.  Descriptors are close-on-exec.
+ * A holder is a socket bound to one port and never listened on: while it is
+ * open nobody else can bind that port (see ../shared/docs/LINUX.md).
+ */
+
+/* Bind holders for ports start .. start+count-1 into fds[0..count-1].
+ * Returns count, or the index of the port that failed (with *err set);
+ * then every holder made so far is closed again. */
+int pr_hold(int family, int type, unsigned int start, unsigned int count,
+            int *fds, int *err);
+
+/* Bind one holder to a port the kernel chooses.  Returns the port. */
+int pr_hold_any(int family, int type, int *fd, int *err);
+
+/* Close every descriptor >= 0 of fds[0..count-1]. */
+void pr_close_all(const int *fds, unsigned int count);
+
+/* Set map[p] = 1 for every port p that has a socket of `protocol`
+ * (IPPROTO_TCP or IPPROTO_UDP) bound in this network namespace, IPv4 and IPv6,
+ * in any state (TIME_WAIT included), through a NETLINK_SOCK_DIAG dump.
+ * map has 65536 entries. */
+int pr_bound_ports(int protocol, unsigned char *map, int *err);
+
+/* Hand the holder's port to the user's fresh socket with no window: copy the
+ * user's socket options and file flags onto the holder, then dup3() it over
+ * the user's descriptor.  Only for the holder's family and wildcard address. */
+int pr_handoff_dup(int holder, int user, int *err);
+
+/* Hand the holder's port to the user's socket bound to another address or
+ * family: SO_REUSEPORT on both for the one bind, then close the holder.
+ * addr is 4 (AF_INET) or 16 (AF_INET6) bytes.  On failure the holder stays. */
+int pr_handoff_reuseport(int holder, int user, int family,
+                         const unsigned char *addr, unsigned int port, int *err);
+
+/* IP_LOCAL_PORT_RANGE (Linux 6.3+): where bind(port 0) and connect() may
+ * pick a port for this socket. */
+int pr_set_local_port_range(int fd, unsigned int lo, unsigned int hi, int *err);

@@ -1,0 +1,335 @@
+"""Runtime port reservations on Linux, built from holder sockets.
+
+Linux has no reservation call, so a reserved port is one *holder*: a socket
+bound to the port on [::] with IPV6_V6ONLY=0 (or 0.0.0.0 on a host without
+IPv6), never listened on and without reuse options.  While it is open no
+other process can bind the port on any address, and the kernel never picks
+it for bind(port 0), connect() or sendto().  The kernel closes holders when
+the process dies, so a crash frees the block.
+
+A port is handed to a user's socket by swapping the holder in for the user's
+descriptor (no window at all) where family and address allow, and otherwise
+by a one-bind SO_REUSEPORT overlap.  When that socket is closed the port is
+held again on a later bind(), if nobody took it in between (TIME_WAIT, or
+another process in that moment): then it is skipped until it can be held.
+See ../shared/docs/LINUX.md for the measurements behind these choices.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import resource
+import socket
+import threading
+import weakref
+
+from . import _errors
+from ._backend import calls
+from ._errors import InvalidParameter, ReservationExhausted, ReservationNotFound
+from ._records import PortReservationInstance, Protocol
+
+_IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
+_family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+_random = random.Random(os.urandom(16))
+_lock = threading.Lock()
+# Runtime reservations of this process by token.  Weak: a reservation nobody
+# holds any more is closed by its finalizer (acquire() ties one to its socket).
+_blocks: weakref.WeakValueDictionary[int, Block] = weakref.WeakValueDictionary()
+_associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDictionary()
+
+
+def _new_token() -> int:
+    while True:
+        token = _random.getrandbits(64)
+        if token and token not in _blocks:
+            return token
+
+
+def _read_sysctl(name: str) -> str:
+    with open(f"/proc/sys/net/ipv4/{name}") as f:
+        return f.read()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    lo, hi = _read_sysctl("ip_local_port_range").split()
+    return int(lo), int(hi)
+
+
+def parse_port_list(text: str) -> list[tuple[int, int]]:
+    """'8080,9000-9010' -> [(8080, 8080), (9000, 9010)]."""
+    spans = []
+    for part in text.replace("\n", "").split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            spans.append((int(lo), int(hi or lo)))
+    return spans
+
+
+def _raise_nofile_limit() -> bool:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; True if that helped."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= hard:
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return True
+
+
+def _hold(type_: int, start: int, count: int, fds) -> tuple[int, int]:
+    """calls.hold with the two recoverable failures handled: no IPv6, few fds."""
+    global _family
+    while True:
+        n, err = calls.hold(_family, type_, start, count, fds)
+        if n == count:
+            return n, 0
+        if err == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
+            _family = socket.AF_INET
+        elif err in (errno.EMFILE, errno.ENFILE) and _raise_nofile_limit():
+            pass
+        else:
+            return n, err
+
+
+def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
+    """Find and hold a free block of ``count`` ports; return its start."""
+    global _family
+    type_ = protocol.socket_type
+    if count == 1:  # the kernel's own choice is the fastest search
+        try:
+            fds[0], port = calls.hold_any(_family, type_)
+            return port
+        except OSError as exc:
+            if exc.errno != errno.EAFNOSUPPORT or _family != socket.AF_INET6:
+                raise _errors.from_errno(exc.errno, "reserve") from None
+            _family = socket.AF_INET
+            return _hold_wildcard(protocol, count, fds)
+    try:
+        taken = calls.bound_ports(_IPPROTO[protocol])
+    except OSError:  # no sock_diag (old kernel, seccomp): the binds still check
+        taken = bytearray(65536)
+    for lo, hi in parse_port_list(_read_sysctl("ip_local_reserved_ports")):
+        taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
+    need = bytes(count)
+    eph_lo, eph_hi = ephemeral_range()
+    # Ephemeral range first, as Windows does; then all unprivileged ports.
+    for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
+        # A random starting point keeps concurrent searchers apart.
+        pos = _random.randint(lo, hi)
+        for first in (pos, lo):
+            while True:
+                start = taken.find(need, first, hi + 1)
+                if start < 0:
+                    break
+                n, err = _hold(type_, start, count, fds)
+                if n == count:
+                    return start
+                if err not in (errno.EADDRINUSE, errno.EACCES):
+                    raise _errors.from_errno(err, "reserve")
+                taken[start + n] = 1
+                first = start + n + 1
+    raise _errors.ReservationConflict(
+        f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
+
+
+class Block:
+    """A held block: one holder socket per port not handed out."""
+
+    def __init__(self, protocol: Protocol, start: int, count: int) -> None:
+        fds = calls.new_fds(count)
+        if start == 0:
+            start = _hold_wildcard(protocol, count, fds)
+        else:
+            n, err = _hold(protocol.socket_type, start, count, fds)
+            if n != count:
+                raise _errors.from_errno(err, f"reserve: port {start + n}")
+        self.protocol, self.start, self.count, self._fds = protocol, start, count, fds
+        self._free = list(range(count - 1, -1, -1))  # indexes still held; lowest last
+        self._users: dict[int, weakref.ref] = {}  # index -> socket it was handed to
+        self._lock = threading.Lock()
+        self.closed = False
+        with _lock:
+            self.token = _new_token()
+            _blocks[self.token] = self
+
+    def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
+        """Hand a port of the block (``port``, or any if 0) to ``sock``."""
+        if sock.getsockname()[1]:
+            raise InvalidParameter(f"bind: {sock!r} is already bound")
+        with self._lock:
+            if self.closed:
+                raise InvalidParameter(f"bind: reservation {self.token} was released")
+            if port:
+                i = port - self.start
+                if not 0 <= i < self.count:
+                    raise InvalidParameter(f"bind: port {port} is not in block "
+                                           f"{self.start}..{self.start + self.count - 1}")
+                if self._fds[i] < 0:
+                    self._reclaim()
+                if self._fds[i] < 0:
+                    raise ReservationExhausted(f"bind: port {port} is in use")
+                self._free.remove(i)
+            else:
+                if not self._free:
+                    self._reclaim()
+                if not self._free:
+                    raise ReservationExhausted(
+                        f"bind: every port of {self.start}..{self.start + self.count - 1} "
+                        f"is held by an open socket")
+                i = self._free.pop()
+            try:
+                _handoff(self._fds[i], sock, host, self.start + i)
+            except BaseException:
+                self._free.append(i)
+                raise
+            self._fds[i] = -1
+            self._users[i] = weakref.ref(sock)
+            return self.start + i
+
+    def _reclaim(self) -> None:
+        """Hold again the ports whose sockets have been closed."""
+        one = calls.new_fds(1)
+        for i, ref in list(self._users.items()):
+            user = ref()
+            if user is not None and user.fileno() != -1:
+                continue
+            if _hold(self.protocol.socket_type, self.start + i, 1, one)[0] == 1:
+                self._fds[i] = one[0]
+                self._free.append(i)
+                del self._users[i]
+        self._free.sort(reverse=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            calls.close_all(self._fds, self.count)
+        with _lock:
+            _blocks.pop(self.token, None)
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            calls.close_all(self._fds, self.count)
+
+
+def _packed(family: int, host: str) -> bytes:
+    if not host:
+        return bytes(16 if family == socket.AF_INET6 else 4)
+    try:
+        return socket.inet_pton(family, host)
+    except OSError:
+        info = socket.getaddrinfo(host, None, family)
+        return socket.inet_pton(family, info[0][4][0])
+
+
+_WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
+
+
+def _handoff(holder: int, sock: socket.socket, host: str, port: int) -> None:
+    try:
+        # The descriptor swap needs the holder's exact socket: same family,
+        # wildcard address and (for IPv6) dual-stack.
+        if (sock.family == _family and host in _WILDCARD[_family]
+                and not (_family == socket.AF_INET6 and
+                         sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))):
+            calls.handoff_dup(holder, sock.fileno())
+        else:
+            calls.handoff_reuseport(holder, sock.fileno(), sock.family,
+                                    _packed(sock.family, host), port)
+    except OSError as exc:
+        raise _errors.from_errno(exc.errno, f"bind to port {port}") from None
+
+
+# The engine interface (see _engine.py).  Arguments are checked by the caller.
+
+def reserve(protocol: Protocol, start: int, count: int) -> Block:
+    return Block(protocol, start, count)
+
+
+def _owned_by(block: Block, sock: socket.socket) -> bool:
+    owner = getattr(block, "owner", None)
+    return owner is not None and owner() is sock
+
+
+def acquire(sock: socket.socket, start: int, count: int) -> PortReservationInstance:
+    block = Block(_protocol_of(sock), start, count)
+    # As on Windows the reservation lives as long as the socket; we keep only
+    # a weak reference so that the socket can be collected.
+    block.owner = weakref.ref(sock)
+    block.finalizer = weakref.finalize(sock, block.close)
+    return PortReservationInstance(block.start, block.count, block.token)
+
+
+def release(sock: socket.socket, token: int) -> None:
+    block = _blocks.get(token)
+    if block is None or not _owned_by(block, sock):
+        raise InvalidParameter(
+            f"release_port_reservation: token {token} is not a reservation held by {sock!r}")
+    block.finalizer.detach()
+    block.close()
+
+
+def _protocol_of(sock: socket.socket) -> Protocol:
+    return Protocol.TCP if sock.type == socket.SOCK_STREAM else Protocol.UDP
+
+
+def _resolve(token: int, call: str):
+    block = _blocks.get(token) or _persistent().block_for_token(token)
+    if block is None:
+        raise ReservationNotFound(f"{call}: no reservation has token {token}")
+    return block
+
+
+def associate(sock: socket.socket, token: int) -> None:
+    block = _resolve(token, "associate_port_reservation")
+    if block.protocol is not _protocol_of(sock):
+        raise InvalidParameter(f"associate_port_reservation: {sock!r} is not a "
+                               f"{block.protocol.value.upper()} socket")
+    if sock.getsockname()[1]:
+        raise InvalidParameter(f"associate_port_reservation: {sock!r} is already bound")
+    try:
+        # Linux 6.3+: a plain bind((host, 0)) or connect() on this socket can
+        # only pick a port of the block (all held, so it fails) - never one
+        # outside it.
+        calls.set_local_port_range(sock.fileno(), block.start, block.start + block.count - 1)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+            raise _errors.from_errno(exc.errno, "associate_port_reservation") from None
+    _associated[sock] = token
+
+
+def bind_associated(sock: socket.socket, address) -> None:
+    token = _associated.get(sock)
+    if token is None:
+        sock.bind(address)
+        return
+    _resolve(token, "bind_associated").take(sock, address[0], address[1])
+    del _associated[sock]
+
+
+def bind_token(sock: socket.socket, token: int, host: str) -> int:
+    associate(sock, token)
+    bind_associated(sock, (host, 0))
+    return sock.getsockname()[1]
+
+
+def _persistent():
+    from . import _persistent
+    return _persistent
+
+
+def create_persistent(protocol, start, count):
+    return _persistent().create(protocol, start, count)
+
+
+def delete_persistent(protocol, start, count):
+    _persistent().delete(protocol, start, count)
+
+
+def lookup_persistent(protocol, start, count):
+    return _persistent().lookup(protocol, start, count)
+
+
+def list_persistent(protocol):
+    return _persistent().list_all(protocol)

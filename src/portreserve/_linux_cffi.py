@@ -1,0 +1,67 @@
+"""Linux system calls through the compiled shim (csrc/pr_linux.c).
+
+Same functions as _linux_ctypes.py.  Fallible single calls raise OSError
+with the errno the shim captured; pr_hold reports which port failed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._pr_cffi import ffi, lib
+
+
+def _raise(err: int):
+    raise OSError(err, os.strerror(err))
+
+
+def new_fds(count: int):
+    """An int array for ``count`` descriptors, each -1."""
+    fds = ffi.new("int[]", count)
+    ffi.memmove(fds, b"\xff" * (4 * count), 4 * count)
+    return fds
+
+
+def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]:
+    """Holders for start..start+count-1 into fds; (ports held, errno)."""
+    err = ffi.new("int *")
+    n = lib.pr_hold(family, type, start, count, fds, err)
+    return n, err[0]
+
+
+def hold_any(family: int, type: int) -> tuple[int, int]:
+    out = ffi.new("int[2]")  # fd, errno
+    port = lib.pr_hold_any(family, type, out, out + 1)
+    if port < 0:
+        _raise(out[1])
+    return out[0], port
+
+
+def close_all(fds, count: int) -> None:
+    lib.pr_close_all(fds, count)
+
+
+def bound_ports(protocol: int) -> bytearray:
+    taken = bytearray(65536)
+    err = ffi.new("int *")
+    if lib.pr_bound_ports(protocol, ffi.from_buffer(taken), err) < 0:
+        _raise(err[0])
+    return taken
+
+
+def handoff_dup(holder: int, user: int) -> None:
+    err = ffi.new("int *")
+    if lib.pr_handoff_dup(holder, user, err) < 0:
+        _raise(err[0])
+
+
+def handoff_reuseport(holder: int, user: int, family: int, addr: bytes, port: int) -> None:
+    err = ffi.new("int *")
+    if lib.pr_handoff_reuseport(holder, user, family, addr, port, err) < 0:
+        _raise(err[0])
+
+
+def set_local_port_range(fd: int, lo: int, hi: int) -> None:
+    err = ffi.new("int *")
+    if lib.pr_set_local_port_range(fd, lo, hi, err) < 0:
+        _raise(err[0])

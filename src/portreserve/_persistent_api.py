@@ -1,0 +1,35 @@
+"""The high-level persistent calls (API.md section 1); the engine does the work."""
+
+from __future__ import annotations
+
+from . import _args
+from ._engine import engine
+from ._errors import ERROR_INVALID_PARAMETER
+from ._records import PersistentReservation, Protocol
+
+
+def _check(call: str, start: int, count: int, protocol: str | Protocol):
+    proto = _args.protocol(call, protocol, ERROR_INVALID_PARAMETER)
+    return (proto, *_args.persistent_block(call, start, count))
+
+
+def create_persistent(start: int, count: int, *, protocol: str | Protocol = "tcp") -> int:
+    """Reserve ``start .. start+count-1`` host-wide, across processes; return the token."""
+    return engine.create_persistent(*_check("create_persistent", start, count, protocol))
+
+
+def lookup_persistent(start: int, count: int, *, protocol: str | Protocol = "tcp") -> int:
+    """The token of the persistent reservation of exactly that block."""
+    return engine.lookup_persistent(*_check("lookup_persistent", start, count, protocol))
+
+
+def delete_persistent(start: int, count: int, *, protocol: str | Protocol = "tcp") -> None:
+    """Delete the persistent reservation of exactly that block."""
+    engine.delete_persistent(*_check("delete_persistent", start, count, protocol))
+
+
+def list_persistent(*, protocol: str | Protocol | None = None) -> list[PersistentReservation]:
+    """Every persistent reservation (of ``protocol``, or of both when None)."""
+    proto = None if protocol is None else _args.protocol("list_persistent", protocol,
+                                                         ERROR_INVALID_PARAMETER)
+    return engine.list_persistent(proto)

@@ -1,0 +1,87 @@
+"""Test helpers: run Python in another process, or in a private network namespace.
+
+Anything that writes /proc/sys/net/... must run through in_netns(), never in
+the test process: the host's network settings are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.geteuid() == 0
+
+
+def _python_for(user: int | None) -> str:
+    """An interpreter that ``user`` may run.
+
+    Ours may live under a private home (pyenv in /root); another uid then gets
+    the system's python3, enough for code that needs only the standard library.
+    """
+    if user is None or os.access(sys.executable, os.X_OK) and not ROOT:
+        return sys.executable
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate):
+            return candidate
+    pytest.skip("no python3 that another uid can run")
+
+
+def run_python(code: str, *, user: int | None = None, timeout: float = 60,
+               prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (optionally as uid ``user``)."""
+    kwargs = {}
+    if user is not None:
+        kwargs = {"user": user, "group": user, "extra_groups": []}
+    return subprocess.run([*(prefix or []), _python_for(user), "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def netns_prefix() -> list[str]:
+    """The command prefix that gives a child a private network namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    # As root a plain new net namespace; otherwise a user namespace maps us
+    # to root inside it, which is enough to write that namespace's sysctls.
+    prefix = ["unshare", "--net"] if ROOT else ["unshare", "-rn"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"cannot create a network namespace: {probe.stderr.decode().strip()}")
+    return prefix
+
+
+def in_netns(code: str, timeout: float = 120) -> str:
+    """Run ``code`` in a private network namespace with loopback up; return stdout.
+
+    The code runs after ``import portreserve``; it fails the test on any error.
+    """
+    setup = ("import subprocess\n"
+             "subprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)\n")
+    result = run_python(setup + textwrap.dedent(code), timeout=timeout, prefix=netns_prefix())
+    assert result.returncode == 0, f"namespace child failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def can_bind(port: int, *, host: str = "127.0.0.1", udp: bool = False,
+             user: int | None = None, reuse: bool = False) -> bool:
+    """Whether another process (optionally as uid ``user``) can bind (host, port)."""
+    code = f"""
+        import socket, sys
+        family = socket.AF_INET6 if ':' in {host!r} else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM if {udp} else socket.SOCK_STREAM)
+        if {reuse}:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind(({host!r}, {port}))
+        except OSError as e:
+            print(e.errno); sys.exit(3)
+        print('bound')
+    """
+    result = run_python(code, user=user)
+    assert result.returncode in (0, 3), result.stderr
+    return result.returncode == 0
