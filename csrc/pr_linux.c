@@ -192,7 +192,7 @@ static const struct {
     {IPPROTO_TCP, TCP_KEEPCNT},  {IPPROTO_TCP, TCP_USER_TIMEOUT},
 };
 
-static int copy_options(int from, int to, int type)
+static int copy_options(int from, int to, int family, int type)
 {
     unsigned int i;
     int a, b, flags;
@@ -200,7 +200,8 @@ static int copy_options(int from, int to, int type)
     struct linger la, lb;
 
     for (i = 0; i < sizeof copied / sizeof copied[0]; i++) {
-        if (copied[i].level == IPPROTO_TCP && type != SOCK_STREAM)
+        if ((copied[i].level == IPPROTO_TCP && type != SOCK_STREAM) ||
+            (copied[i].level == IPPROTO_IPV6 && family != AF_INET6))
             continue;
         len = sizeof a;
         if (getsockopt(from, copied[i].level, copied[i].name, &a, &len) < 0)
@@ -245,10 +246,11 @@ static int copy_options(int from, int to, int type)
 
 int pr_handoff_dup(int holder, int user, int *err)
 {
-    int type, fdflags;
+    int family, type, fdflags;
     socklen_t len = sizeof type;
     if (getsockopt(user, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
-        (fdflags = fcntl(user, F_GETFD)) < 0 || copy_options(user, holder, type) < 0 ||
+        getsockopt(user, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0 ||
+        (fdflags = fcntl(user, F_GETFD)) < 0 || copy_options(user, holder, family, type) < 0 ||
         dup3(holder, user, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0)
         return fail(err);
     close(holder);

@@ -371,3 +371,34 @@ def test_garbage_collected_reservation_frees_its_ports():
     del res
     gc.collect()
     assert can_bind(start) and can_bind(start + 1)
+
+
+def test_udp_holder_drops_what_it_receives():
+    with portreserve.reserve(1, protocol="udp") as res:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(50):
+                sender.sendto(b"early", ("127.0.0.1", res.start))
+            sock = res.socket()
+            sender.sendto(b"late", ("127.0.0.1", res.start))
+            sock.settimeout(5)
+            assert sock.recvfrom(10)[0] == b"late"  # nothing queued while held
+            sock.close()
+
+
+def test_ipv4_holders_on_a_host_without_ipv6():
+    # The fallback taken when AF_INET6 sockets cannot be created (EAFNOSUPPORT).
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys, portreserve, portreserve._linux as linux\n"
+        "linux._family = socket.AF_INET\n"
+        "res = portreserve.reserve(3)\n"
+        "s = res.socket()\n"
+        "print(res.start, s.getsockname()[1], flush=True)\n"
+        "sys.stdin.readline()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        start, bound = map(int, child.stdout.readline().split())
+        assert bound == start
+        for port in (start, start + 2):
+            assert not can_bind(port, host="0.0.0.0") and not can_bind(port, host="127.0.0.1")
+    finally:
+        child.communicate("\n")
+    assert can_bind(start + 2)

@@ -129,8 +129,9 @@ def from_winerror(code: int, call: str) -> PortReservationError:
     return cls(f"{call} failed with Windows error {code}", winerror=code, errno=posix)
 
 
-def from_errno(code: int, call: str) -> PortReservationError:
+def from_errno(code: int | None, call: str) -> PortReservationError:
     """The exception for a POSIX ``code`` reported by ``call``."""
+    code = code or _errno.EIO
     cls, winerror = _BY_ERRNO.get(code, (PortReservationError, 0))
     text = _errno.errorcode.get(code, str(code))
     return cls(f"{call} failed: {text} ({os.strerror(code)})",

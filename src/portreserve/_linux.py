@@ -148,6 +148,9 @@ class Block:
         self._users: dict[int, weakref.ref] = {}  # index -> socket it was handed to
         self._lock = threading.Lock()
         self.closed = False
+        # Set by acquire(): the socket whose lifetime bounds the reservation.
+        self.owner: weakref.ref[socket.socket] | None = None
+        self.finalizer: weakref.finalize | None = None
         with _lock:
             self.token = _new_token()
             _blocks[self.token] = self
@@ -220,7 +223,7 @@ def _packed(family: int, host: str) -> bytes:
         return socket.inet_pton(family, host)
     except OSError:
         info = socket.getaddrinfo(host, None, family)
-        return socket.inet_pton(family, info[0][4][0])
+        return socket.inet_pton(family, str(info[0][4][0]))
 
 
 _WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
@@ -248,8 +251,7 @@ def reserve(protocol: Protocol, start: int, count: int) -> Block:
 
 
 def _owned_by(block: Block, sock: socket.socket) -> bool:
-    owner = getattr(block, "owner", None)
-    return owner is not None and owner() is sock
+    return block.owner is not None and block.owner() is sock
 
 
 def acquire(sock: socket.socket, start: int, count: int) -> PortReservationInstance:
@@ -266,6 +268,7 @@ def release(sock: socket.socket, token: int) -> None:
     if block is None or not _owned_by(block, sock):
         raise InvalidParameter(
             f"release_port_reservation: token {token} is not a reservation held by {sock!r}")
+    assert block.finalizer is not None
     block.finalizer.detach()
     block.close()
 
@@ -333,3 +336,7 @@ def lookup_persistent(protocol, start, count):
 
 def list_persistent(protocol):
     return _persistent().list_all(protocol)
+
+
+def restore():
+    return _persistent().restore()
