@@ -16,6 +16,7 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
+from ._overlapped import Completion, CompletionPort
 from ._persistent_api import create_persistent, delete_persistent, list_persistent, lookup_persistent
 from ._records import PersistentReservation, PortReservationInstance, Protocol
 from ._reservation import Reservation, bind, reserve
@@ -24,6 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDenied",
+    "Completion",
+    "CompletionPort",
     "InvalidParameter",
     "NotSupported",
     "OperationAborted",
@@ -43,3 +46,11 @@ __all__ = [
     "lookup_persistent",
     "reserve",
 ]
+
+
+def __getattr__(name: str):
+    # portreserve.aio without importing asyncio for everyone who does not use it.
+    if name == "aio":
+        import importlib
+        return importlib.import_module("portreserve.aio")
+    raise AttributeError(f"module 'portreserve' has no attribute {name!r}")

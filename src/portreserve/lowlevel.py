@@ -9,10 +9,20 @@ import socket
 
 from . import _args
 from ._engine import engine
+from ._overlapped import (
+    Overlapped,
+    acquire_port_reservation_overlapped,
+    associate_port_reservation_overlapped,
+    release_port_reservation_overlapped,
+)
 from ._records import PortReservationInstance, Protocol
 
 __all__ = [
+    "Overlapped",
     "PortReservationInstance",
+    "acquire_port_reservation_overlapped",
+    "release_port_reservation_overlapped",
+    "associate_port_reservation_overlapped",
     "acquire_port_reservation",
     "release_port_reservation",
     "associate_port_reservation",
