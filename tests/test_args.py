@@ -3,7 +3,6 @@
 Platform-free: runs on Linux and, under Wine, against the Windows build.
 """
 
-import errno
 import socket
 
 import pytest
@@ -17,9 +16,31 @@ BAD_BLOCKS = [  # (count, start)
 ]
 
 
+def _reserve(*args, **kwargs):
+    """reserve(), or a skip where the system offers no reservations (Wine)."""
+    try:
+        return portreserve.reserve(*args, **kwargs)
+    except NotSupported as exc:
+        pytest.skip(f"runtime reservations are not offered here: {exc}")
+
+
+def _unbound(sock):
+    try:
+        return sock.getsockname()[1] == 0
+    except OSError:  # Windows: getsockname of an unbound socket fails (WSAEINVAL)
+        return True
+
+
+POSIX = {  # Linux numbers, the same on every platform (API.md section 3)
+    InvalidParameter: 22, portreserve.AccessDenied: 13, portreserve.ReservationConflict: 98,
+    portreserve.ReservationExhausted: 98, ReservationNotFound: 2, NotSupported: 95,
+    portreserve.OperationAborted: 125,
+}
+
+
 def _check(exc, cls, winerrors):
     assert type(exc) is cls
-    assert exc.errno == cls.default_errno
+    assert exc.errno == cls.default_errno == POSIX[cls]
     assert exc.winerror in winerrors
     assert isinstance(exc, OSError) and isinstance(exc, portreserve.PortReservationError)
 
@@ -42,7 +63,7 @@ def test_unknown_protocol(value):
 
 def test_protocol_is_case_insensitive_str_enum():
     assert portreserve.Protocol.TCP == "tcp" and portreserve.Protocol("udp").value == "udp"
-    with portreserve.reserve(1, protocol="UDP") as res:
+    with _reserve(1, protocol="UDP") as res:
         assert res.protocol is portreserve.Protocol.UDP
 
 
@@ -85,8 +106,10 @@ def test_bad_token(token):
 
 def test_unknown_token_is_not_found():
     with socket.socket() as sock:
-        with pytest.raises(ReservationNotFound) as info:
+        with pytest.raises(portreserve.PortReservationError) as info:
             portreserve.bind(sock, 0x1234567887654321)
+    if isinstance(info.value, NotSupported):
+        pytest.skip(f"reservations are not offered here: {info.value}")
     _check(info.value, ReservationNotFound, {1168})
     assert isinstance(info.value, LookupError)
 
@@ -99,21 +122,20 @@ def test_non_tcp_udp_socket_is_not_supported():
         with pytest.raises(NotSupported) as info:
             lowlevel.acquire_port_reservation(sock, 0, 1)
     _check(info.value, NotSupported, {10045})
-    assert info.value.errno == errno.EOPNOTSUPP
 
 
 def test_socket_of_the_wrong_protocol():
-    with portreserve.reserve(2, protocol="udp") as res, socket.socket() as tcp:
+    with _reserve(2, protocol="udp") as res, socket.socket() as tcp:
         with pytest.raises(InvalidParameter) as info:
             res.bind(tcp)
         _check(info.value, InvalidParameter, {10022})
-        assert tcp.getsockname()[1] == 0  # left unbound
+        assert _unbound(tcp)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             assert res.bind(udp) in res.ports  # the block is intact
 
 
 def test_released_reservation():
-    res = portreserve.reserve(2)
+    res = _reserve(2)
     res.release()
     assert res.closed
     with pytest.raises(InvalidParameter) as info:

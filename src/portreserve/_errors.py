@@ -54,18 +54,24 @@ def _rebuild(cls, message, errno, winerror):
     return cls(message, errno=errno, winerror=winerror)
 
 
+# POSIX numbers as Linux has them.  The contract fixes errno to be identical
+# on every platform, and Windows' errno module numbers some of these
+# differently (EADDRINUSE is 10048 there), so they are written out here.
+EINVAL, EACCES, ENOENT, EOPNOTSUPP, EADDRINUSE, ECANCELED = 22, 13, 2, 95, 98, 125
+
+
 class InvalidParameter(PortReservationError, ValueError):
-    default_errno = _errno.EINVAL
+    default_errno = EINVAL
     default_winerror = WSAEINVAL
 
 
 class AccessDenied(PortReservationError, PermissionError):
-    default_errno = _errno.EACCES
+    default_errno = EACCES
     default_winerror = ERROR_ACCESS_DENIED
 
 
 class ReservationConflict(PortReservationError):
-    default_errno = _errno.EADDRINUSE
+    default_errno = EADDRINUSE
     default_winerror = WSAEADDRINUSE
 
 
@@ -74,17 +80,17 @@ class ReservationExhausted(ReservationConflict):
 
 
 class ReservationNotFound(PortReservationError, LookupError):
-    default_errno = _errno.ENOENT
+    default_errno = ENOENT
     default_winerror = ERROR_NOT_FOUND
 
 
 class NotSupported(PortReservationError):
-    default_errno = _errno.EOPNOTSUPP
+    default_errno = EOPNOTSUPP
     default_winerror = WSAEOPNOTSUPP
 
 
 class OperationAborted(PortReservationError):
-    default_errno = _errno.ECANCELED
+    default_errno = ECANCELED
     default_winerror = ERROR_OPERATION_ABORTED
 
 

@@ -1,0 +1,501 @@
+"""Persistent reservations on Linux: the saved store and the kernel's reserved list.
+
+Every test runs in a private network namespace (helpers.in_netns), with its
+own PORTRESERVE_STATE_DIR, so neither the host's sysctls nor its
+/var/lib/portreserve are touched.  Child processes started inside a test
+share its namespace, as separate programs on one host would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+
+import pytest
+
+from helpers import ROOT, in_netns
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux store")
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "persistent_worker.py")
+
+# Prepended to every namespace child: small checks in the reference pages' words.
+PRELUDE = f"""
+import json, os, random, signal, socket, subprocess, sys, textwrap, time
+import portreserve
+from portreserve import (AccessDenied, InvalidParameter, ReservationConflict,
+                         ReservationExhausted, ReservationNotFound, lowlevel)
+from portreserve import _persistent
+
+KLIST = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+WORKER = {WORKER!r}
+
+def kernel():
+    return open(KLIST).read().strip()
+
+def set_kernel(text):
+    with open(KLIST, "w") as f:
+        f.write(text or "\\n")
+
+def saved():
+    "The state file's contents, or None; it must always parse."
+    names = [n for n in os.listdir(os.environ["PORTRESERVE_STATE_DIR"]) if n.endswith(".json")]
+    assert len(names) <= 1, names
+    if not names:
+        return None
+    with open(os.path.join(os.environ["PORTRESERVE_STATE_DIR"], names[0])) as f:
+        return json.load(f)
+
+def fails(cls, winerror, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except cls as exc:
+        assert exc.winerror == winerror, (exc, exc.winerror)
+        return exc
+    raise AssertionError(f"{{fn.__name__}}{{args}} did not raise {{cls.__name__}}")
+
+def child(*parts, **kwargs):
+    "Run the code parts in another process in this namespace; return its stdout."
+    code = "\\n".join(textwrap.dedent(part) for part in parts)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, **kwargs)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+def ports(text):
+    "The kernel list text as a set of ports."
+    out = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out |= set(range(int(lo), int(hi or lo) + 1))
+    return out
+"""
+
+
+def run(code: str, timeout: float = 120) -> str:
+    return in_netns(PRELUDE + textwrap.dedent(code), timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch) -> str:
+    path = str(tmp_path / "state")
+    monkeypatch.setenv("PORTRESERVE_STATE_DIR", path)
+    return path
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_create_lookup_list_bind_delete(proto):
+    out = run(f"""
+        proto = {proto!r}
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        set_kernel("5001,7000")  # entries someone else put there: they stay
+        assert portreserve.list_persistent() == []
+        fails(ReservationNotFound, 1168, portreserve.lookup_persistent, 5000, 4, protocol=proto)
+
+        token = portreserve.create_persistent(5000, 4, protocol=proto)
+        assert 0 < token < 2**64
+        assert kernel() == "5000-5003,7000", kernel()
+        assert portreserve.lookup_persistent(5000, 4, protocol=proto) == token
+        lookup = getattr(lowlevel, f"lookup_persistent_{{proto}}_port_reservation")
+        assert lookup(5000, 4) == token
+        [r] = portreserve.list_persistent()
+        assert (r.start, r.count, r.protocol, r.token, r.applied) == (5000, 4, proto, token, True)
+        assert portreserve.list_persistent(protocol=proto) == [r]
+        other = "udp" if proto == "tcp" else "tcp"
+        assert portreserve.list_persistent(protocol=other) == []
+        st = os.stat(os.environ["PORTRESERVE_STATE_DIR"])
+        assert st.st_mode & 0o777 == 0o755, oct(st.st_mode)
+
+        # Another process sees the same token; the kernel knows nothing of it.
+        seen = child(f"import portreserve; print(portreserve.lookup_persistent(5000, 4, protocol={{proto!r}}))")
+        assert int(seen) == token
+
+        # Binding from the token takes the first port of the block that binds.
+        a = socket.socket(socket.AF_INET, kind)
+        assert portreserve.bind(a, token) == 5000
+        b = socket.socket(socket.AF_INET6, kind)  # dual-stack [::] clashes with 0.0.0.0:5000
+        assert portreserve.bind(b, token) == 5001
+        c = socket.socket(socket.AF_INET, kind)
+        lowlevel.associate_port_reservation(c, token)
+        lowlevel.bind_associated(c, ("127.0.0.1", 0))
+        assert c.getsockname()[1] == 5002
+        d = socket.socket(socket.AF_INET, kind)
+        assert portreserve.bind(d, token) == 5003
+        fails(ReservationExhausted, 10048, portreserve.bind, socket.socket(socket.AF_INET, kind), token)
+        # A socket of the other protocol is refused.
+        wrong = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if proto == "tcp" else socket.SOCK_STREAM)
+        fails(InvalidParameter, 10022, portreserve.bind, wrong, token)
+        for s in (a, b, c, d):
+            s.close()
+
+        portreserve.delete_persistent(5000, 4, protocol=proto)
+        assert kernel() == "5001,7000", kernel()  # only what we added is gone
+        fails(ReservationNotFound, 1168, portreserve.lookup_persistent, 5000, 4, protocol=proto)
+        fails(ReservationNotFound, 1168, portreserve.delete_persistent, 5000, 4, protocol=proto)
+        fails(ReservationNotFound, 1168, portreserve.bind, socket.socket(socket.AF_INET, kind), token)
+        assert portreserve.list_persistent() == []
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+def test_tcp_and_udp_share_the_kernel_list():
+    run("""
+        t = lowlevel.create_persistent_tcp_port_reservation(6000, 4)
+        u = lowlevel.create_persistent_udp_port_reservation(6002, 4)
+        assert t != u
+        assert kernel() == "6000-6005", kernel()
+        # The same ports for both protocols are two reservations.
+        u2 = portreserve.create_persistent(6000, 2, protocol="udp")
+        assert [(r.protocol, r.start) for r in portreserve.list_persistent()] == [
+            ("tcp", 6000), ("udp", 6000), ("udp", 6002)]
+        lowlevel.delete_persistent_tcp_port_reservation(6000, 4)
+        assert kernel() == "6000-6005", kernel()  # the UDP blocks still cover them
+        lowlevel.delete_persistent_udp_port_reservation(6000, 2)
+        assert kernel() == "6002-6005", kernel()
+        lowlevel.delete_persistent_udp_port_reservation(6002, 4)
+        assert kernel() == "", kernel()
+    """)
+
+
+def test_overlap_and_busy_ports_conflict():
+    run("""
+        token = portreserve.create_persistent(5100, 10)
+        before = (kernel(), saved())
+        for start, count in ((5100, 10), (5095, 6), (5109, 1), (5102, 2), (5000, 1000)):
+            exc = fails(ReservationConflict, 32, portreserve.create_persistent, start, count)
+            assert exc.errno == 98  # EADDRINUSE
+        assert (kernel(), saved()) == before  # nothing changed
+
+        # A port bound by another process (even idle, not listening) is in use.
+        holder = subprocess.Popen([sys.executable, "-c",
+            "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', 5205)); "
+            "print('bound', flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "bound"
+        fails(ReservationConflict, 32, portreserve.create_persistent, 5200, 10)
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        u.bind(("::", 5300))
+        fails(ReservationConflict, 32, portreserve.create_persistent, 5300, 1, protocol="udp")
+        assert (kernel(), saved()) == before
+        # Busy for TCP is not busy for UDP, and the other way round.
+        portreserve.create_persistent(5200, 10, protocol="udp")
+        portreserve.create_persistent(5300, 1, protocol="tcp")
+        holder.stdin.close(); holder.wait()
+        u.close()
+        portreserve.create_persistent(5200, 10)  # free again
+        assert kernel() == "5100-5109,5200-5209,5300", kernel()
+    """)
+
+
+def test_missing_reservation_is_not_found():
+    run("""
+        for proto in ("tcp", "udp"):
+            fails(ReservationNotFound, 1168, portreserve.lookup_persistent, 8000, 1, protocol=proto)
+            fails(ReservationNotFound, 1168, portreserve.delete_persistent, 8000, 1, protocol=proto)
+        portreserve.create_persistent(8000, 4)
+        # lookup and delete need the exact block, as on Windows.
+        fails(ReservationNotFound, 1168, portreserve.lookup_persistent, 8000, 3)
+        fails(ReservationNotFound, 1168, portreserve.delete_persistent, 8001, 3)
+        fails(ReservationNotFound, 1168, portreserve.lookup_persistent, 8000, 4, protocol="udp")
+        exc = fails(ReservationNotFound, 1168, portreserve.bind, socket.socket(), 12345)
+        assert isinstance(exc, LookupError) and exc.errno == 2
+        assert kernel() == "8000-8003"
+    """)
+
+
+def test_bad_arguments_change_nothing():
+    run("""
+        set_kernel("9000")
+        bad = [(0, 1), (1000, 0), (65535, 2), (65000, 537), (70000, 1), (-1, 1), (1, 65536)]
+        for start, count in bad:
+            for proto in ("tcp", "udp"):
+                for fn in (portreserve.create_persistent, portreserve.lookup_persistent,
+                           portreserve.delete_persistent):
+                    exc = fails(InvalidParameter, 87, fn, start, count, protocol=proto)
+                    assert exc.errno == 22 and isinstance(exc, ValueError)
+            for fn in (lowlevel.create_persistent_tcp_port_reservation,
+                       lowlevel.create_persistent_udp_port_reservation):
+                fails(InvalidParameter, 87, fn, start, count)
+        fails(InvalidParameter, 87, portreserve.create_persistent, 1000, 1, protocol="sctp")
+        fails(InvalidParameter, 87, portreserve.list_persistent, protocol="icmp")
+        fails(InvalidParameter, 10022, portreserve.bind, socket.socket(), 0)
+        assert kernel() == "9000"
+        assert not os.path.exists(os.environ["PORTRESERVE_STATE_DIR"])  # nothing written
+        # The largest legal block is fine.
+        portreserve.create_persistent(65535, 1)
+        assert kernel() == "9000,65535"
+    """)
+
+
+@pytest.fixture
+def shared_dir():
+    """A state dir parent that uid 65534 can reach (pytest's tmp_path is 0700)."""
+    path = tempfile.mkdtemp(prefix="portreserve-test-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to switch a child to uid 65534")
+def test_unprivileged_child_is_denied(shared_dir, monkeypatch):
+    root_dir = os.path.join(shared_dir, "root-owned")
+    nobody_dir = os.path.join(shared_dir, "nobody-owned")
+    os.mkdir(nobody_dir)
+    os.chown(nobody_dir, 65534, 65534)
+    monkeypatch.setenv("PORTRESERVE_STATE_DIR", root_dir)
+    # The child imports everything as root, then drops to uid 65534: that
+    # user cannot reach this interpreter's files, and the kernel checks the
+    # writer's credentials at the call, not at import.
+    run(f"""
+        token = portreserve.create_persistent(4000, 2)
+        before = kernel()
+        drop = '''
+            import os, portreserve
+            from portreserve import _persistent, AccessDenied, ReservationNotFound
+            os.setgroups([]); os.setgid(65534); os.setuid(65534)
+            assert os.geteuid() == 65534
+            def denied(fn, *args, **kwargs):
+                try:
+                    fn(*args, **kwargs)
+                except AccessDenied as exc:
+                    assert exc.winerror == 5 and exc.errno == 13, exc
+                    assert isinstance(exc, PermissionError)
+                    return str(exc)
+                raise AssertionError(fn.__name__)
+        '''
+        # Same store, owned by root: reading works, changing is denied.
+        out = child(drop, '''
+            print(portreserve.lookup_persistent(4000, 2))
+            print(len(portreserve.list_persistent()))
+            denied(portreserve.create_persistent, 4100, 1)
+            denied(portreserve.delete_persistent, 4000, 2)
+            denied(_persistent.restore)
+        ''')
+        assert out.split() == [str(token), "1"], out
+        assert kernel() == before
+        assert portreserve.lookup_persistent(4000, 2) == token
+
+        # A store that uid 65534 may write: the kernel itself refuses the list.
+        env = dict(os.environ, PORTRESERVE_STATE_DIR={nobody_dir!r})
+        out = child(drop, '''
+            print(denied(portreserve.create_persistent, 4100, 1, protocol="udp"))
+            print(denied(portreserve.create_persistent, 4000, 2))
+        ''', env=env)
+        assert "ip_local_reserved_ports" in out, out
+        assert kernel() == before
+        assert not [n for n in os.listdir({nobody_dir!r}) if n.endswith(".json")]
+        print("ok")
+    """)
+
+
+def test_automatic_ports_never_land_in_a_persistent_block():
+    run("""
+        # A 12-port ephemeral range, 8 of them persistently reserved.
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+            f.write("41000 41011")
+        block, rest = range(41000, 41008), range(41008, 41012)
+
+        def auto_ports(kind, family=socket.AF_INET, n=60):
+            seen = set()
+            for _ in range(n):
+                with socket.socket(family, kind) as s:
+                    s.bind(("", 0))
+                    seen.add(s.getsockname()[1])
+            return seen
+
+        # Without the reservation the kernel does pick ports of the block.
+        assert auto_ports(socket.SOCK_STREAM) & set(block)
+
+        portreserve.create_persistent(41000, 8)
+        portreserve.create_persistent(41000, 8, protocol="udp")
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            for family in (socket.AF_INET, socket.AF_INET6):
+                seen = auto_ports(kind, family)
+                assert seen <= set(rest), seen
+
+        # connect() picks its local port the same way.
+        server = socket.socket()
+        server.bind(("127.0.0.1", 9000)); server.listen(100)
+        for _ in range(40):
+            with socket.socket() as c:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\1\\0\\0\\0\\0\\0\\0\\0")
+                c.connect(("127.0.0.1", 9000))
+                assert c.getsockname()[1] in rest, c.getsockname()
+                server.accept()[0].close()
+        for _ in range(40):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.connect(("127.0.0.1", 9001))
+                assert u.getsockname()[1] in rest
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.sendto(b"x", ("127.0.0.1", 9001))
+                assert u.getsockname()[1] in rest
+
+        # With the rest taken, bind(0) fails rather than use the block.
+        held = [socket.socket() for _ in rest]
+        for s, p in zip(held, rest):
+            s.bind(("", p))
+        with socket.socket() as s:
+            try:
+                s.bind(("", 0))
+                raise AssertionError(f"bind(0) got {s.getsockname()}")
+            except OSError as exc:
+                assert exc.errno == 98
+        # The block still serves explicit binds from the token.
+        s = socket.socket()
+        assert portreserve.bind(s, portreserve.lookup_persistent(41000, 8)) == 41000
+    """)
+
+
+def test_state_outlives_the_process_and_is_shared():
+    run("""
+        code = "import portreserve; print(portreserve.create_persistent(4500, 3, protocol='udp'))"
+        token = int(child(code))
+        assert kernel() == "4500-4502"
+        out = child('''
+            import portreserve, socket
+            print(portreserve.lookup_persistent(4500, 3, protocol="udp"))
+            print(portreserve.list_persistent())
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            print(portreserve.bind(s, portreserve.lookup_persistent(4500, 3, protocol="udp")))
+        ''')
+        lines = out.splitlines()
+        assert int(lines[0]) == token
+        assert "applied=True" in lines[1] and str(token) in lines[1]
+        assert lines[2] == "4500"
+        child("import portreserve; portreserve.delete_persistent(4500, 3, protocol='udp')")
+        assert kernel() == "" and portreserve.list_persistent() == []
+    """)
+
+
+def test_kill9_during_create_delete_cycles_never_corrupts():
+    run("""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("worker", WORKER)
+        worker = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker)
+
+        set_kernel("20100,30000-30002")  # someone else's entries
+        others = ports(kernel())
+        anchor = portreserve.create_persistent(20100, 2, protocol="udp")
+        rng = random.Random(1234)
+        for round_ in range(10):
+            base = 21000 + round_ * 250
+            p = subprocess.Popen([sys.executable, WORKER, "cycles", str(base), "1000"],
+                                 stdout=subprocess.PIPE, text=True)
+            want = rng.randint(5, 150)
+            lines = [p.stdout.readline() for _ in range(want)]
+            time.sleep(rng.random() * 0.004)  # land anywhere inside the next call
+            p.kill(); p.wait()
+            assert p.returncode == -signal.SIGKILL, p.returncode
+            lines += p.stdout.readlines()
+            created = [int(l.split()[1]) for l in lines if l.startswith("created")]
+            deleted = {int(l.split()[1]) for l in lines if l.startswith("deleted")}
+
+            state = saved()  # always parses
+            reserved = {(r["protocol"], r["start"], r["count"]): r["token"]
+                        for r in state["reservations"]}
+            covered = set()
+            for (_, start, count) in reserved:
+                covered |= set(range(start, start + count))
+            this_round = [k for k in reserved if base <= k[1] < base + 250]
+            # Never a listed port that is neither someone else's nor reserved.
+            assert ports(kernel()) <= others | covered, (kernel(), reserved)
+            assert ports(",".join("%d-%d" % tuple(s) for s in state["added"])) <= covered
+            # The last reservation reported created is saved (the worker deletes
+            # block i-1 only after creating block i, so i-1 may be in flight).
+            last = max(created)
+            assert last not in deleted and reserved.get(worker.block(base, last)), (last, reserved)
+            live = {i for i in created if i not in deleted}
+            assert live <= {last - 1, last}, live
+            assert reserved[("udp", 20100, 2)] == anchor
+            # At most the call in flight differs from what was reported.
+            assert len(this_round) <= len(set(created) - deleted) + 1, (this_round, lines[-3:])
+
+            # The next change finishes an interrupted one: list and kernel agree.
+            portreserve.create_persistent(20500 + round_, 1)
+            assert all(r.applied for r in portreserve.list_persistent())
+            covered |= {20500 + round_}
+            assert ports(kernel()) == others | covered, kernel()
+        print("ok")
+    """, timeout=200)
+
+
+def test_eight_processes_at_once_only_non_overlapping_succeed():
+    run("""
+        # (protocol, start, count): A/B overlap; C, D disjoint; E is UDP over A;
+        # F overlaps G and H, which are disjoint from each other.
+        blocks = [("tcp", 30000, 10), ("tcp", 30005, 10), ("tcp", 30100, 5),
+                  ("tcp", 30200, 5), ("udp", 30000, 10), ("udp", 30300, 10),
+                  ("udp", 30305, 1), ("udp", 30309, 7)]
+        def overlap(a, b):
+            return a[0] == b[0] and a[1] < b[1] + b[2] and b[1] < a[1] + a[2]
+        for trial in range(3):
+            at = time.time() + 1.0
+            procs = [subprocess.Popen([sys.executable, WORKER, "once", proto, str(start),
+                                       str(count), repr(at)], stdout=subprocess.PIPE, text=True)
+                     for proto, start, count in blocks]
+            results = [p.communicate(timeout=60)[0].split() for p in procs]
+            won = [b for b, r in zip(blocks, results) if r[0] == "ok"]
+            lost = [b for b, r in zip(blocks, results) if r[0] != "ok"]
+            assert all(r == ["conflict", "32"] for r in results if r[0] != "ok"), results
+            # The winners never overlap; every loser overlaps a winner.
+            assert not any(overlap(a, b) for a in won for b in won if a is not b), won
+            assert all(any(overlap(l, w) for w in won) for l in lost), (won, lost)
+            assert all(b in won for b in blocks[2:5])  # C, D and E always win
+            listed = portreserve.list_persistent()
+            assert sorted((r.protocol.value, r.start, r.count) for r in listed) == sorted(won)
+            tokens = {int(r[1]) for r in results if r[0] == "ok"}
+            assert {r.token for r in listed} == tokens
+            want = set()
+            for _, start, count in won:
+                want |= set(range(start, start + count))
+            assert ports(kernel()) == want, kernel()
+            for r in listed:
+                portreserve.delete_persistent(r.start, r.count, protocol=r.protocol)
+            assert kernel() == ""
+    """)
+
+
+def test_restore_after_a_reboot():
+    run("""
+        set_kernel("3000")
+        t = portreserve.create_persistent(5000, 2)
+        u = portreserve.create_persistent(5001, 2, protocol="udp")
+        assert kernel() == "3000,5000-5002"
+
+        # Same boot, but someone rewrote the list: not applied until restore.
+        set_kernel("3000")
+        assert [r.applied for r in portreserve.list_persistent()] == [False, False]
+        assert [r.applied for r in _persistent.restore()] == [True, True]
+        assert kernel() == "3000,5000-5002"
+
+        # A reboot: an empty kernel list and another boot id (the hook of
+        # _persistent's docstring; a child process, so no state is cached).
+        set_kernel("5000")  # at this boot someone else lists 5000 first
+        fake = os.path.join(os.environ["PORTRESERVE_STATE_DIR"], "..", "boot_id")
+        with open(fake, "w") as f:
+            f.write("00000000-1111-2222-3333-444444444444\\n")
+        hook = f"from portreserve import _persistent; _persistent.BOOT_ID_PATH = {fake!r}\\n"
+        out = child(hook, '''
+            import portreserve
+            print([r.applied for r in portreserve.list_persistent()])
+            print(portreserve.lookup_persistent(5000, 2))
+            print([(r.start, r.token, r.applied) for r in _persistent.restore()])
+            print(open("/proc/sys/net/ipv4/ip_local_reserved_ports").read().strip())
+            portreserve.delete_persistent(5000, 2)
+            print(open("/proc/sys/net/ipv4/ip_local_reserved_ports").read().strip())
+            portreserve.delete_persistent(5001, 2, protocol="udp")
+            print(open("/proc/sys/net/ipv4/ip_local_reserved_ports").read().strip())
+        ''')
+        lines = out.splitlines()
+        assert lines[0] == "[False, False]", lines
+        assert int(lines[1]) == t  # tokens are kept across restore
+        assert lines[2] == str([(5000, t, True), (5001, u, True)]), lines
+        assert lines[3] == "5000-5002"
+        # What this boot's restore added goes; the 5000 listed by another stays.
+        assert lines[4] == "5000-5002" and lines[5] == "5000", lines
+        assert saved()["boot_id"] == "00000000-1111-2222-3333-444444444444"
+    """)
