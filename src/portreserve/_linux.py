@@ -17,6 +17,10 @@ See ../shared/docs/LINUX.md for the measurements behind these choices.
 
 from __future__ import annotations
 
+import sys
+
+assert sys.platform != "win32"  # Linux only; also tells mypy to skip this module there
+
 import errno
 import os
 import random

@@ -6,6 +6,10 @@ with the errno the shim captured; pr_hold reports which port failed.
 
 from __future__ import annotations
 
+import sys
+
+assert sys.platform != "win32"  # Linux only; also tells mypy to skip this module there
+
 import os
 
 from ._pr_cffi import ffi, lib

@@ -50,6 +50,10 @@ a reboot (documented here, not public API).
 
 from __future__ import annotations
 
+import sys
+
+assert sys.platform != "win32"  # Linux only; also tells mypy to skip this module there
+
 import errno
 import fcntl
 import json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import socket
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -29,7 +30,8 @@ class PortReservationInstance(NamedTuple):
     token: int
 
 
-class PersistentReservation(NamedTuple):
+@dataclass(frozen=True)
+class PersistentReservation:
     """One persistent reservation; ``applied`` is False after a reboot until restore."""
 
     start: int
