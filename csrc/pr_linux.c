@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "pr_linux.h"
 
@@ -231,13 +232,21 @@ static int copy_options(int from, int to, int family, int type)
         if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0)
             return -1;
     }
+    /* Setting SO_RCVBUF switches TCP receive-buffer autotuning off for good,
+     * so a TCP holder takes the user's size only when it differs; a UDP
+     * holder's was shrunk by drop_input() and is always restored. */
     len = sizeof a;
     if (getsockopt(from, SOL_SOCKET, SO_RCVBUF, &a, &len) < 0)
         return -1;
-    a /= 2;
-    if (setsockopt(to, SOL_SOCKET, SO_RCVBUFFORCE, &a, sizeof a) < 0 &&
-        setsockopt(to, SOL_SOCKET, SO_RCVBUF, &a, sizeof a) < 0)
+    len = sizeof b;
+    if (type == SOCK_STREAM && getsockopt(to, SOL_SOCKET, SO_RCVBUF, &b, &len) < 0)
         return -1;
+    if (type != SOCK_STREAM || a != b) {
+        a /= 2;
+        if (setsockopt(to, SOL_SOCKET, SO_RCVBUFFORCE, &a, sizeof a) < 0 &&
+            setsockopt(to, SOL_SOCKET, SO_RCVBUF, &a, sizeof a) < 0)
+            return -1;
+    }
     flags = fcntl(from, F_GETFL);
     if (flags < 0 || fcntl(to, F_SETFL, flags) < 0)
         return -1;
@@ -258,24 +267,38 @@ int pr_handoff_dup(int holder, int user, int *err)
 }
 
 int pr_handoff_reuseport(int holder, int user, int family,
-                         const unsigned char *addr, unsigned int port, int *err)
+                         const unsigned char *addr, unsigned int port,
+                         int private_uid, int *err)
 {
-    int on = 1, off = 0, had = 0;
+    int on = 1, off = 0, had = 0, chowned = 0;
     socklen_t len = sizeof had;
-    if (getsockopt(user, SOL_SOCKET, SO_REUSEPORT, &had, &len) < 0 ||
-        setsockopt(holder, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
-        setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0)
+    struct stat st;
+    if (getsockopt(user, SOL_SOCKET, SO_REUSEPORT, &had, &len) < 0 || fstat(user, &st) < 0)
         return fail(err);
-    if (bind_port(user, family, addr, port) < 0) {
+    /* The kernel lets a later SO_REUSEPORT bind of the same uid onto this
+     * address through its bind-bucket cache, whatever the flags say after
+     * this bind.  A uid nobody runs as (fchown on a socket sets its owner;
+     * needs CAP_CHOWN) leaves that door to nobody. */
+    if (private_uid >= 0)
+        chowned = fchown(holder, (uid_t)private_uid, (gid_t)-1) == 0 &&
+                  fchown(user, (uid_t)private_uid, (gid_t)-1) == 0;
+    if (setsockopt(holder, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+        setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+        bind_port(user, family, addr, port) < 0) {
         *err = errno;
         setsockopt(holder, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off);
         setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &had, sizeof had);
+        if (private_uid >= 0)
+            fchown(user, st.st_uid, (gid_t)-1);
         return -1;
     }
-    close(holder);
-    /* Clearing the flag again makes later SO_REUSEPORT binds by others fail. */
+    /* The holder stays bound, for the caller to close or keep.  Clearing the
+     * flags makes later SO_REUSEPORT binds by others fail. */
+    setsockopt(holder, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off);
     if (!had)
         setsockopt(user, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off);
+    if (chowned)
+        fchown(user, st.st_uid, (gid_t)-1);
     return 0;
 }
 

@@ -31,10 +31,14 @@ int pr_bound_ports(int protocol, unsigned char *map, int *err);
 int pr_handoff_dup(int holder, int user, int *err);
 
 /* Hand the holder's port to the user's socket bound to another address or
- * family: SO_REUSEPORT on both for the one bind, then close the holder.
- * addr is 4 (AF_INET) or 16 (AF_INET6) bytes.  On failure the holder stays. */
+ * family: SO_REUSEPORT on both for the one bind.  The holder stays bound; the
+ * caller closes it or keeps it to close the port's other addresses.  When
+ * private_uid >= 0 both sockets are owned by that uid during the bind (needs
+ * CAP_CHOWN; skipped without it).  addr is 4 (AF_INET) or 16 (AF_INET6)
+ * bytes. */
 int pr_handoff_reuseport(int holder, int user, int family,
-                         const unsigned char *addr, unsigned int port, int *err);
+                         const unsigned char *addr, unsigned int port,
+                         int private_uid, int *err);
 
 /* IP_LOCAL_PORT_RANGE (Linux 6.3+): where bind(port 0) and connect() may
  * pick a port for this socket. */

@@ -402,3 +402,15 @@ def test_ipv4_holders_on_a_host_without_ipv6():
     finally:
         child.communicate("\n")
     assert can_bind(start + 2)
+
+
+def test_udp_socket_on_one_address_keeps_the_port_closed_elsewhere():
+    with portreserve.reserve(1, protocol="udp") as res:
+        sock = res.socket(host="127.0.0.1")
+        port = sock.getsockname()[1]
+        for host in ("127.0.0.2", "0.0.0.0", "::1", "::"):
+            assert not can_bind(port, host=host, udp=True, reuse=True)
+        sock.close()
+        again = res.socket(socket.AF_INET6)  # the port comes back
+        assert again.getsockname()[1] == port
+        again.close()

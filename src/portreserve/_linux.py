@@ -171,9 +171,9 @@ class Block:
                 if not 0 <= i < self.count:
                     raise InvalidParameter(f"bind: port {port} is not in block "
                                            f"{self.start}..{self.start + self.count - 1}")
-                if self._fds[i] < 0:
+                if i in self._users:
                     self._reclaim()
-                if self._fds[i] < 0:
+                if i in self._users:
                     raise ReservationExhausted(f"bind: port {port} is in use")
                 self._free.remove(i)
             else:
@@ -185,11 +185,12 @@ class Block:
                         f"is held by an open socket")
                 i = self._free.pop()
             try:
-                _handoff(self._fds[i], sock, host, self.start + i)
+                holder_gone = _handoff(self._fds[i], sock, host, self.start + i)
             except BaseException:
                 self._free.append(i)
                 raise
-            self._fds[i] = -1
+            if holder_gone:
+                self._fds[i] = -1
             self._users[i] = weakref.ref(sock)
             return self.start + i
 
@@ -200,6 +201,9 @@ class Block:
             user = ref()
             if user is not None and user.fileno() != -1:
                 continue
+            if self._fds[i] >= 0:  # the holder kept beside the user's socket
+                os.close(self._fds[i])
+                self._fds[i] = -1
             if _hold(self.protocol.socket_type, self.start + i, 1, one)[0] == 1:
                 self._fds[i] = one[0]
                 self._free.append(i)
@@ -231,9 +235,13 @@ def _packed(family: int, host: str) -> bytes:
 
 
 _WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
+# Owner of both sockets during a SO_REUSEPORT hand-off, when we may chown
+# sockets (root): a uid no process runs as, so nobody can join that bind.
+_PRIVATE_UID = 2**31 - 2 if os.geteuid() == 0 else -1
 
 
-def _handoff(holder: int, sock: socket.socket, host: str, port: int) -> None:
+def _handoff(holder: int, sock: socket.socket, host: str, port: int) -> bool:
+    """Give the holder's port to ``sock``; True if the holder is gone."""
     try:
         # The descriptor swap needs the holder's exact socket: same family,
         # wildcard address and (for IPv6) dual-stack.
@@ -241,9 +249,15 @@ def _handoff(holder: int, sock: socket.socket, host: str, port: int) -> None:
                 and not (_family == socket.AF_INET6 and
                          sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))):
             calls.handoff_dup(holder, sock.fileno())
-        else:
-            calls.handoff_reuseport(holder, sock.fileno(), sock.family,
-                                    _packed(sock.family, host), port)
+            return True
+        calls.handoff_reuseport(holder, sock.fileno(), sock.family,
+                                _packed(sock.family, host), port, _PRIVATE_UID)
+        if sock.type == socket.SOCK_STREAM:
+            # TCP's listen() checks the port again and would find the holder
+            # in its way; a UDP holder stays, closing the other addresses.
+            os.close(holder)
+            return True
+        return False
     except OSError as exc:
         raise _errors.from_errno(exc.errno, f"bind to port {port}") from None
 

@@ -59,9 +59,10 @@ def handoff_dup(holder: int, user: int) -> None:
         _raise(err[0])
 
 
-def handoff_reuseport(holder: int, user: int, family: int, addr: bytes, port: int) -> None:
+def handoff_reuseport(holder: int, user: int, family: int, addr: bytes, port: int,
+                      private_uid: int) -> None:
     err = ffi.new("int *")
-    if lib.pr_handoff_reuseport(holder, user, family, addr, port, err) < 0:
+    if lib.pr_handoff_reuseport(holder, user, family, addr, port, private_uid, err) < 0:
         _raise(err[0])
 
 

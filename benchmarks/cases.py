@@ -1,0 +1,242 @@
+"""The measured operations, run in a child process per backend or peer.
+
+``python -m benchmarks.cases SECTION ROUNDS ITERS [...]`` prints one JSON object:
+case name -> per-operation times in microseconds, one per round (or a
+string saying why the case was skipped).  The runner (run.py) starts these
+children, usually in a private network namespace, and takes the medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up() -> None:
+    """Bring lo up in a fresh network namespace (no iproute2 needed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def measure(op, rounds: int, n: int) -> list[float]:
+    """Microseconds per op() call, for each of ``rounds`` rounds of ``n`` calls."""
+    op()  # warm up: imports, caches, first allocations
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            op()
+        times.append((time.perf_counter_ns() - t0) / n / 1e3)
+    return times
+
+
+def _guarded(results: dict, name: str, fn) -> None:
+    """Record fn()'s rounds, or why it could not run (an optional feature)."""
+    try:
+        results[name] = fn()
+    except Exception as exc:  # noqa: BLE001 - a skipped case is reported, not fatal
+        results[name] = f"skipped: {type(exc).__name__}: {exc}"
+
+
+# ---- cffi vs ctypes: one child per backend (PORTRESERVE_BACKEND is set) ----
+
+def backend(rounds: int, iters: int) -> dict:
+    import portreserve
+
+    out: dict = {"backend": portreserve.backend}
+
+    def cycle(family):
+        def op():
+            res = portreserve.reserve(1)
+            s = socket.socket(family)
+            res.bind(s)
+            s.close()
+            res.release()
+        return op
+
+    # AF_INET6 on the wildcard address takes the descriptor swap; AF_INET
+    # (Reservation.socket's default) the SO_REUSEPORT hand-off.
+    out["cycle6"] = measure(cycle(socket.AF_INET6), rounds, iters)
+    out["cycle4"] = measure(cycle(socket.AF_INET), rounds, iters)
+    for count in (1, 16, 256, 1024, 10000):
+        def reserve_release(count=count):
+            portreserve.reserve(count).release()
+        out[f"reserve_{count}"] = measure(reserve_release, rounds,
+                                          1 if count >= 1024 else iters // count + 1)
+
+    with portreserve.reserve(256) as res:
+        def bind_from_block():
+            s = socket.socket(socket.AF_INET6)
+            res.bind(s)
+            s.close()
+        out["bind_block"] = measure(bind_from_block, rounds, iters)
+
+    _guarded(out, "persistent", lambda: _persistent(portreserve, rounds, iters))
+    _guarded(out, "overlapped", lambda: _overlapped(rounds, iters))
+    _guarded(out, "aio", lambda: _aio(rounds, iters))
+    return out
+
+
+def _persistent(portreserve, rounds: int, iters: int) -> list[float]:
+    # Only inside a private namespace (the runner sets PORTRESERVE_STATE_DIR
+    # to a temporary directory): this writes ip_local_reserved_ports.
+    if os.environ.get("PORTRESERVE_BENCH_NETNS") != "1":
+        raise RuntimeError("no private network namespace")
+    start = 40000
+
+    def op():
+        portreserve.create_persistent(start, 16)
+        portreserve.delete_persistent(start, 16)
+    return measure(op, rounds, max(iters // 100, 3))
+
+
+def _overlapped(rounds: int, iters: int) -> list[float]:
+    """Per reservation: acquire(1) and release through a CompletionPort, in batches."""
+    from portreserve import _overlapped as ov
+    batch = 64
+
+    def op():
+        socks = [socket.socket() for _ in range(batch)]
+        with ov.CompletionPort() as port:
+            for i, s in enumerate(socks):
+                ov.acquire_port_reservation_overlapped(s, 0, 1, port=port, key=i)
+            done = []
+            while len(done) < batch:
+                done += port.get(timeout=10)
+            for c in done:
+                ov.release_port_reservation_overlapped(
+                    socks[c.key], c.op.result().token, port=port, key=c.key)
+            done = []
+            while len(done) < batch:
+                done += port.get(timeout=10)
+        for s in socks:
+            s.close()
+    return [t / batch for t in measure(op, rounds, max(iters // batch // 4, 1))]
+
+
+def _aio(rounds: int, iters: int) -> list[float]:
+    """Per reservation: ``await aio.reserve(1)`` then release, 64 at a time."""
+    from portreserve import aio
+    batch = 64
+
+    async def many():
+        for res in await asyncio.gather(*(aio.reserve(1) for _ in range(batch))):
+            res.release()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return [t / batch for t in measure(lambda: loop.run_until_complete(many()),
+                                           rounds, max(iters // batch // 4, 1))]
+    finally:
+        loop.close()
+
+
+# ---- peers: what people use today to get a free port ----
+
+def peers(rounds: int, iters: int) -> dict:
+    out: dict = {}
+    n = max(iters // 4, 10)  # ephemeral_port_reserve leaves a TIME_WAIT each call
+
+    def portpicker_case():
+        import portpicker
+        return measure(portpicker.pick_unused_port, rounds, n)
+
+    def epr_case():
+        import ephemeral_port_reserve
+        return measure(ephemeral_port_reserve.reserve, rounds, n)
+
+    def port_for_case():
+        import port_for
+        return measure(port_for.select_random, rounds, n)
+
+    _guarded(out, "portpicker", portpicker_case)
+    _guarded(out, "ephemeral_port_reserve", epr_case)
+    _guarded(out, "port_for", port_for_case)
+    return out
+
+
+# ---- busy host: one namespace, filled once, measured by several children ----
+
+def busy(rounds: int, passes: int, bound: int, time_wait: int, floor: str | None) -> dict:
+    """Fill this namespace, then run the measuring children inside it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    keep = []
+    for i in range(min(bound, hard - 200)):
+        s = socket.socket(socket.AF_INET6 if i % 2 else socket.AF_INET)
+        s.bind(("::" if i % 2 else "127.0.0.1", 0))
+        if i % 10 == 0:
+            s.listen()
+        keep.append(s)
+    server = socket.create_server(("127.0.0.1", 0), backlog=256)
+    for _ in range(time_wait):
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        client.close()  # the side that closes first keeps the TIME_WAIT
+        peer.close()
+    out: dict = {"bound": len(keep), "time_wait": _count_time_wait()}
+    runs = {name: [sys.executable, "-m", "benchmarks.cases", "busy-measure", str(rounds), "0"]
+            for name in ("cffi", "ctypes")}
+    if floor:
+        runs["floor"] = [floor, str(rounds), "1", "busy"]
+    for _ in range(passes):  # taking turns, as the runner does
+        for name, cmd in runs.items():
+            env = dict(os.environ, PORTRESERVE_BACKEND=name)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+            if proc.returncode:
+                out[name] = f"failed: {proc.stderr.strip()[-300:]}"
+            elif not isinstance(out.get(name), str):
+                for case, times in json.loads(proc.stdout).items():
+                    out.setdefault(name, {}).setdefault(case, []).extend(times)
+    return out
+
+
+def _count_time_wait() -> int:
+    count = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            count += sum(1 for line in f if line.split()[3] == "06")
+    return count
+
+
+def busy_measure(rounds: int) -> dict:
+    import portreserve
+    out: dict = {}
+    for count in (16, 256):
+        out[f"wildcard_{count}"] = measure(lambda: portreserve.reserve(count).release(),
+                                           rounds, 3)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    section, rounds, iters = argv[0], int(argv[1]), int(argv[2])
+    if os.environ.get("PORTRESERVE_BENCH_NETNS") == "1":
+        loopback_up()
+    if section == "backend":
+        result = backend(rounds, iters)
+    elif section == "peers":
+        result = peers(rounds, iters)
+    elif section == "busy":
+        # busy ROUNDS PASSES BOUND TIME_WAIT [FLOOR]
+        result = busy(rounds, iters, int(argv[3]), int(argv[4]), argv[5] if len(argv) > 5 else None)
+    elif section == "busy-measure":
+        result = busy_measure(rounds)
+    else:
+        raise SystemExit(f"unknown section {section!r}")
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
