@@ -147,13 +147,13 @@ def test_handoff_reuseport_binds_another_address(calls):
     assert user.getsockname() == ("127.0.0.1", port)
     assert not user.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
     assert os.fstat(user.fileno()).st_uid == owner  # the private uid was only for the bind
-    # The holder is left to the caller: while it is open, every address of
-    # the port stays closed, also to SO_REUSEPORT binds of our own uid.
-    for host in ("127.0.0.1", "127.0.0.2", "::1"):
+    # The holder is left to the caller: while it is open, the port's other
+    # addresses stay closed, also to SO_REUSEPORT binds of our own uid.
+    for host in ("127.0.0.2", "::1", "0.0.0.0"):
         assert not can_bind(port, host=host, reuse=True)
     os.close(fd)
     assert not can_bind(port, host="127.0.0.1")
-    if ROOT:  # with the private uid, not even our uid can join the bound address
+    if ROOT:  # private uid: not even our uid can join the bound address (README)
         assert not can_bind(port, host="127.0.0.1", reuse=True)
     user.close()
 

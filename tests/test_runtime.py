@@ -346,6 +346,21 @@ def test_large_block_raises_the_descriptor_limit():
     assert out.stdout.split() == ["3000", "True"]
 
 
+def test_many_small_reservations_raise_the_descriptor_limit():
+    # Out of descriptors can strike anywhere in a reservation (a holder, the
+    # /proc read, the netlink dump), not only in one large block.
+    out = run_python("""
+        import resource, portreserve
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        held = [portreserve.reserve(n % 3 + 1, protocol=("tcp", "udp")[n % 2])
+                for n in range(300)]
+        print(len(held), resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["300", "True"]
+
+
 def test_cycles_leave_no_descriptors_behind():
     before, threads = _fd_count(), threading.active_count()
     for i in range(10_000):

@@ -81,18 +81,34 @@ def _raise_nofile_limit() -> bool:
 
 
 def _hold(type_: int, start: int, count: int, fds) -> tuple[int, int]:
-    """calls.hold with the two recoverable failures handled: no IPv6, few fds."""
+    """calls.hold, falling back to IPv4 holders on a host without IPv6."""
     global _family
-    while True:
+    n, err = calls.hold(_family, type_, start, count, fds)
+    if n != count and err == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
+        _family = socket.AF_INET
         n, err = calls.hold(_family, type_, start, count, fds)
-        if n == count:
-            return n, 0
-        if err == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
-            _family = socket.AF_INET
-        elif err in (errno.EMFILE, errno.ENFILE) and _raise_nofile_limit():
-            pass
-        else:
-            return n, err
+    return n, (0 if n == count else err)
+
+
+def _hold_block(protocol: Protocol, start: int, count: int, fds) -> int:
+    """Hold ``start .. start+count-1`` (any free block if start is 0); its start."""
+    for retry in (True, False):
+        try:
+            if start == 0:
+                return _hold_wildcard(protocol, count, fds)
+            n, err = _hold(protocol.socket_type, start, count, fds)
+            if n == count:
+                return start
+            raise _errors.from_errno(err, f"reserve: port {start + n}")
+        except OSError as exc:  # PortReservationError is one too
+            # Out of descriptors, wherever it struck (a holder, /proc, the
+            # netlink socket): raise the soft limit and try once more.
+            if retry and exc.errno in (errno.EMFILE, errno.ENFILE) and _raise_nofile_limit():
+                continue
+            if isinstance(exc, _errors.PortReservationError):
+                raise
+            raise _errors.from_errno(exc.errno, "reserve") from None
+    raise AssertionError("unreachable")
 
 
 def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
@@ -141,12 +157,7 @@ class Block:
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
         fds = calls.new_fds(count)
-        if start == 0:
-            start = _hold_wildcard(protocol, count, fds)
-        else:
-            n, err = _hold(protocol.socket_type, start, count, fds)
-            if n != count:
-                raise _errors.from_errno(err, f"reserve: port {start + n}")
+        start = _hold_block(protocol, start, count, fds)
         self.protocol, self.start, self.count, self._fds = protocol, start, count, fds
         self._free = list(range(count - 1, -1, -1))  # indexes still held; lowest last
         self._users: dict[int, weakref.ref] = {}  # index -> socket it was handed to

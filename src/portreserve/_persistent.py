@@ -189,6 +189,9 @@ def _load(path: str, call: str) -> _State:
         return _State(path, None)
     except OSError as exc:
         raise _error_from(call, exc) from None
+    except ValueError as exc:  # edited by hand; we only ever replace it whole
+        raise PortReservationError(f"{call}: the state file {path} is damaged: {exc}",
+                                   errno=errno.EIO) from None
 
 
 def _save(state: _State, call: str) -> None:

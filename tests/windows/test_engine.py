@@ -67,7 +67,7 @@ def test_list_persistent_reads_administered_rows(monkeypatch, text):
     seen = _fake_netsh(monkeypatch, text)
     _fake_lookup(monkeypatch, {(False, 50000, 60): 0xABC})
     found = portreserve.list_persistent(protocol="tcp")
-    assert found[0] == (50000, 60, Protocol.TCP, 0xABC, True)
+    assert found[0] == portreserve.PersistentReservation(50000, 60, Protocol.TCP, 0xABC, True)
     # The non-administered row (1025-1124) is not a persistent reservation;
     # a row Lookup does not know is listed with token 0.
     assert [(r.start, r.count, r.token) for r in found[1:]] == (
