@@ -455,6 +455,13 @@ uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
     return 0;
 }
 
+uint32_t pr_port_post(uintptr_t port)
+{
+    if (!PostQueuedCompletionStatus((HANDLE)port, 0, 0, NULL))
+        return (uint32_t)GetLastError();
+    return 0;
+}
+
 uint32_t pr_port_close(uintptr_t port)
 {
     if (!CloseHandle((HANDLE)port))

@@ -90,4 +90,7 @@ uint32_t pr_port_attach(uintptr_t port, uintptr_t s);
  * ioctl).  Ops already freed by their caller are freed here, not returned. */
 uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
                      uint32_t max_ops, uint32_t *count);
+/* Post a packet with no op (PostQueuedCompletionStatus): it wakes a thread
+ * waiting in pr_port_get, which skips it (that call then counts 0 ops). */
+uint32_t pr_port_post(uintptr_t port);
 uint32_t pr_port_close(uintptr_t port);

@@ -51,12 +51,13 @@ below gives the same model with threads:
 
 Where Windows slots in: ``Overlapped``, ``Completion``, the argument checks and
 the public functions are platform-free.  ``_Workers`` and the eventfd queue of
-``CompletionPort`` are the submission layer; the Windows engine (overlapped
-WSAIoctl, CreateIoCompletionPort, CancelIoEx, in the C shim) replaces them
-behind ``_submit`` and ``CompletionPort``.  There, cancel() must call CancelIoEx
-and then wait for the operation's packet, so that its answer is truthful.
-Until that layer exists this one also runs on Windows, with fileno() == -1
-(no eventfd), as API.md allows.
+``CompletionPort`` are the submission layer; on win32 _overlapped_windows.py
+replaces them (overlapped WSAIoctl, a real I/O completion port, CancelIoEx,
+through the C engine): the public functions hand their checked arguments to
+it, and ``CompletionPort`` is its class.  There cancel() calls CancelIoEx and
+then waits for the operation's outcome, so that its answer is truthful.
+``_start`` (Python callables in worker threads, for aio.reserve) stays on
+this layer everywhere, without a port on Windows.
 """
 
 from __future__ import annotations
@@ -385,6 +386,8 @@ def acquire_port_reservation_overlapped(
     _args.sock(call, sock)
     _args.sock_protocol(call, sock)
     start_port, number_of_ports = _args.block(call, start_port, number_of_ports, wildcard=True)
+    if sys.platform == "win32":
+        return _overlapped_windows.acquire(call, sock, start_port, number_of_ports, port, key)
 
     def acquire() -> PortReservationInstance:
         return engine.acquire(sock, start_port, number_of_ports)
@@ -401,6 +404,8 @@ def release_port_reservation_overlapped(
     _args.sock(call, sock)
     _args.sock_protocol(call, sock)
     token = _args.token(call, token)
+    if sys.platform == "win32":
+        return _overlapped_windows.release(call, sock, token, port, key)
     return _start(call, sock, lambda: engine.release(sock, token), port, key)
 
 
@@ -412,6 +417,8 @@ def associate_port_reservation_overlapped(
     _args.sock(call, sock)
     _args.sock_protocol(call, sock)
     token = _args.token(call, token)
+    if sys.platform == "win32":
+        return _overlapped_windows.associate(call, sock, token, port, key)
     return _start(call, sock, lambda: engine.associate(sock, token), port, key)
 
 
@@ -457,3 +464,10 @@ def _block_workers(port: CompletionPort) -> Callable[[], None]:
     with plug.cond:
         plug.cond.wait_for(lambda: plug.running == workers.limit or workers.closed)
     return plug.unblock
+
+
+if sys.platform == "win32":
+    # Last, because it builds on the classes above.  mypy keeps the type of
+    # the class above for the name; the Windows class has the same interface.
+    from . import _overlapped_windows
+    from ._overlapped_windows import CompletionPort  # type: ignore[assignment]

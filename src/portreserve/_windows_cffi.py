@@ -137,5 +137,9 @@ def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list]:
     return err, [ops[i] for i in range(count[0])]
 
 
+def port_post(port: int) -> int:
+    return lib.pr_port_post(port)
+
+
 def port_close(port: int) -> int:
     return lib.pr_port_close(port)

@@ -93,6 +93,9 @@ _GetQueuedCompletionStatusEx = _proto(
 _GetOverlappedResult = _proto(_k32, "GetOverlappedResult", wintypes.BOOL, ctypes.c_void_p,
                               ctypes.c_void_p, _LPDWORD, wintypes.BOOL)
 _CloseHandle = _proto(_k32, "CloseHandle", wintypes.BOOL, ctypes.c_void_p)
+_PostQueuedCompletionStatus = _proto(_k32, "PostQueuedCompletionStatus", wintypes.BOOL,
+                                     ctypes.c_void_p, wintypes.DWORD, ctypes.c_size_t,
+                                     ctypes.c_void_p)
 
 
 def _err() -> int:
@@ -374,6 +377,11 @@ def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[_
         if not _consume(op):
             ops.append(op)
     return 0, ops
+
+
+def port_post(port: int) -> int:
+    # No op (NULL OVERLAPPED): port_get skips it, as posted by someone else.
+    return 0 if _PostQueuedCompletionStatus(port, 0, 0, None) else _err()
 
 
 def port_close(port: int) -> int:

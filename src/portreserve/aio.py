@@ -16,12 +16,21 @@ Where that is not possible - a loop without add_reader (Windows'
 ProactorEventLoop, which waits on its own IOCP and cannot wait on ours) or a
 port without a descriptor (fileno() == -1, the Windows IOCP) - each
 operation hands its outcome to the loop with call_soon_threadsafe from the
-thread that finishes it.  On Windows that thread is the one that dequeues
-the IOCP: a waiter thread, which is what the Windows path should use.
+thread that finishes it.
+
+On Windows that is a waiter thread, not the proactor, and the loop has no
+port: each operation is an event op (see _overlapped_windows.py), finished
+inside WSAIoctl or by a thread waiting on its event.  Not the proactor,
+because its IOCP takes only CPython's own _overlapped objects (it drops any
+other packet), and not an IOCP of ours, because attaching the caller's
+socket to one is for good: the proactor could then never take that socket
+(CreateIoCompletionPort fails with 87).  An event op leaves it unattached.
 
 Cancelling the awaiting task cancels the operation.  If it is too late (the
 operation already started), the task waits for it - the work is bounded -
-and undoes it, so that a cancelled task leaves no reservation behind.
+and undoes it, so that a cancelled task leaves no reservation behind.  On
+Windows cancel() waits for the outcome of its CancelIoEx; the task asks for
+the abort instead and awaits that outcome, so the loop never blocks.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import concurrent.futures
 import contextlib
 import functools
 import socket
+import sys
 import weakref
 from typing import Any, Callable, Iterator
 
@@ -62,10 +72,11 @@ class _LoopPort:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.port = CompletionPort()
+        # None on Windows: see the top of this module.
+        self.port = None if sys.platform == "win32" else CompletionPort()
         self.users = 0
         self.watched = False
-        if self.port.fileno() >= 0:
+        if self.port is not None and self.port.fileno() >= 0:
             try:
                 loop.add_reader(self.port.fileno(), self._drain)
                 self.watched = True
@@ -73,11 +84,12 @@ class _LoopPort:
                 pass
 
     def _drain(self) -> None:
+        assert self.port is not None  # watched
         for completion in self.port.get(timeout=0):
             if isinstance(completion.key, asyncio.Future):  # not a test hook's op
                 _settle(completion.key, completion.op)
 
-    def start(self, submit: Callable[[CompletionPort, Any], Overlapped]
+    def start(self, submit: Callable[[CompletionPort | None, Any], Overlapped]
               ) -> tuple[Overlapped, asyncio.Future]:
         """Submit an operation with a loop future as its key; return both."""
         done = self.loop.create_future()
@@ -87,9 +99,10 @@ class _LoopPort:
         return op, done
 
     def close(self) -> None:
-        if self.watched:
-            self.loop.remove_reader(self.port.fileno())
-        self.port.close()
+        if self.port is not None:
+            if self.watched:
+                self.loop.remove_reader(self.port.fileno())
+            self.port.close()
 
 
 _loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPort] = \
@@ -125,7 +138,16 @@ async def _wait_out(done: asyncio.Future) -> None:
             pass
 
 
-async def _run(submit: Callable[[CompletionPort, Any], Overlapped],
+def _cancel_nowait(op: Overlapped) -> bool:
+    """cancel(), but never waiting: True if the operation is cancelled already."""
+    request_abort = getattr(op, "_request_abort", None)  # a Windows ioctl op
+    if request_abort is None:
+        return op.cancel()  # worker-thread ops: only a state change
+    request_abort("cancel")  # CancelIoEx; the outcome reaches ``done`` later
+    return False
+
+
+async def _run(submit: Callable[[CompletionPort | None, Any], Overlapped],
                undo: Callable[[Any], object] | None = None) -> Any:
     """Run an overlapped operation; on cancellation abort it, or undo it."""
     with _loop_port() as lp:
@@ -135,7 +157,7 @@ async def _run(submit: Callable[[CompletionPort, Any], Overlapped],
             # still has to receive the outcome if the operation runs anyway.
             return await asyncio.shield(done)
         except asyncio.CancelledError:
-            if not op.cancel():
+            if not _cancel_nowait(op):
                 await _wait_out(done)
                 if undo is not None and not done.cancelled() and done.exception() is None:
                     result = done.result()
