@@ -85,3 +85,15 @@ def can_bind(port: int, *, host: str = "127.0.0.1", udp: bool = False,
     result = run_python(code, user=user)
     assert result.returncode in (0, 3), result.stderr
     return result.returncode == 0
+
+
+def open_fds() -> set[str]:
+    """This process's open descriptors."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+def free_block(count: int) -> int:
+    """The start of a block of ``count`` ports that is free right now."""
+    import portreserve
+    with portreserve.reserve(count) as res:
+        return res.start

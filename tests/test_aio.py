@@ -6,7 +6,6 @@ _overlapped._block_workers(port) (occupies the port's workers).
 """
 
 import asyncio
-import os
 import resource
 import socket
 import sys
@@ -19,18 +18,11 @@ import portreserve
 from portreserve import InvalidParameter, aio, lowlevel
 from portreserve import _overlapped
 
-from helpers import can_bind
+from helpers import can_bind, free_block, open_fds
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux submission layer")
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def _free_block(count: int) -> int:
-    with portreserve.reserve(count) as res:
-        return res.start
 
 
 async def _until(predicate, what: str, limit: float = 30.0) -> None:
@@ -133,7 +125,7 @@ def test_large_reservation_does_not_stall_the_loop():
 
 
 def test_cancel_before_start_leaves_nothing():
-    start = _free_block(3)
+    start = free_block(3)
 
     async def main():
         with aio._loop_port() as lp:
@@ -204,7 +196,7 @@ def test_cancelled_acquire_releases_the_socket_reservation():
 
 def test_cancel_repeatedly_at_every_point():
     """Whatever moment the cancel lands, nothing is left reserved."""
-    start = _free_block(5)
+    start = free_block(5)
 
     async def main():
         for turns in range(40):
@@ -222,7 +214,7 @@ def test_cancel_repeatedly_at_every_point():
 
 
 def test_no_threads_or_descriptors_left():
-    threads_before, fds_before = set(threading.enumerate()), _fds()
+    threads_before, fds_before = set(threading.enumerate()), open_fds()
 
     async def main():
         reservations = await asyncio.gather(*(aio.reserve(1) for _ in range(20)))
@@ -235,7 +227,7 @@ def test_no_threads_or_descriptors_left():
 
     asyncio.run(main())
     assert [t for t in threading.enumerate() if t not in threads_before] == []
-    assert _fds() == fds_before
+    assert open_fds() == fds_before
 
 
 class _LoopWithoutReaders(asyncio.SelectorEventLoop):
@@ -248,7 +240,7 @@ class _LoopWithoutReaders(asyncio.SelectorEventLoop):
 def test_loop_without_add_reader():
     async def main():
         res = await aio.reserve(2)
-        start = _free_block(2)
+        start = free_block(2)
         task = asyncio.create_task(aio.reserve(2, start=start))
         await asyncio.sleep(0)
         task.cancel()

@@ -9,7 +9,6 @@ import asyncio
 import collections
 import concurrent.futures
 import errno
-import os
 import select
 import socket
 import sys
@@ -30,19 +29,11 @@ from portreserve._overlapped import (
     release_port_reservation_overlapped,
 )
 
-from helpers import can_bind, run_python
+from helpers import can_bind, run_python, free_block, open_fds
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux submission layer")
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def _free_block(count: int) -> int:
-    """The start of a block of ``count`` ports that is free right now."""
-    with portreserve.reserve(count) as res:
-        return res.start
 
 
 def _wait_until(predicate, what: str, limit: float = 30.0) -> None:
@@ -79,7 +70,7 @@ def test_failure_is_the_future_exception():
     with socket.socket() as sock:
         op = release_port_reservation_overlapped(sock, 12345)
         assert isinstance(op.exception(timeout=30), InvalidParameter)
-        start = _free_block(1)
+        start = free_block(1)
         with portreserve.reserve(1, start=start):
             exc = acquire_port_reservation_overlapped(sock, start, 1).exception(timeout=30)
         assert isinstance(exc, portreserve.ReservationConflict)
@@ -215,7 +206,7 @@ def test_wrap_future():
 
 
 def test_cancel_before_start_aborts():
-    start = _free_block(3)
+    start = free_block(3)
     with CompletionPort(concurrency=1) as port, socket.socket() as sock:
         unblock = _overlapped._block_workers(port)
         op = acquire_port_reservation_overlapped(sock, start, 3, port=port, key="k")
@@ -248,7 +239,7 @@ def test_cancel_after_start_or_completion_returns_false():
 
 
 def test_close_socket_with_operations_pending():
-    start = _free_block(2)
+    start = free_block(2)
     with portreserve.reserve(1) as res, CompletionPort(concurrency=1) as port:
         sock, other = socket.socket(), socket.socket(type=socket.SOCK_DGRAM)
         unblock = _overlapped._block_workers(port)
@@ -269,8 +260,8 @@ def test_close_socket_with_operations_pending():
 
 
 def test_close_port_with_operations_pending():
-    threads_before, fds_before = set(threading.enumerate()), _fds()
-    start = _free_block(2)
+    threads_before, fds_before = set(threading.enumerate()), open_fds()
+    start = free_block(2)
     sock = socket.socket()
     port = CompletionPort(concurrency=2)
     fd = port.fileno()
@@ -305,11 +296,11 @@ def test_close_port_with_operations_pending():
     sock.close()
     assert can_bind(start)
     assert _new_threads(threads_before) == []
-    assert str(fd) not in _fds() and _fds() == fds_before
+    assert str(fd) not in open_fds() and open_fds() == fds_before
 
 
 def test_no_threads_or_descriptors_left_after_close():
-    threads_before, fds_before = set(threading.enumerate()), _fds()
+    threads_before, fds_before = set(threading.enumerate()), open_fds()
     with CompletionPort(concurrency=4) as port:
         socks = [socket.socket() for _ in range(50)]
         ops = [acquire_port_reservation_overlapped(s, 0, 2, port=port, key=i)
@@ -319,7 +310,7 @@ def test_no_threads_or_descriptors_left_after_close():
             s.close()
         assert 1 <= len(port._workers._threads) <= 4  # ever started: bounded
     assert _new_threads(threads_before) == []
-    assert _fds() == fds_before
+    assert open_fds() == fds_before
 
 
 def test_idle_workers_exit():

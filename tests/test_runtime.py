@@ -17,17 +17,13 @@ import pytest
 import portreserve
 from portreserve import ReservationConflict, ReservationExhausted, lowlevel
 
-from helpers import ROOT, can_bind, in_netns, run_python
+from helpers import ROOT, can_bind, in_netns, open_fds, run_python
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux engine")
 
 PROTOCOLS = ["tcp", "udp"]
 HOSTS = ["0.0.0.0", "127.0.0.1", "::", "::1"]
 NOBODY = 65534
-
-
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -362,7 +358,7 @@ def test_many_small_reservations_raise_the_descriptor_limit():
 
 
 def test_cycles_leave_no_descriptors_behind():
-    before, threads = _fd_count(), threading.active_count()
+    before, threads = len(open_fds()), threading.active_count()
     for i in range(10_000):
         with portreserve.reserve(1, protocol=("tcp", "udp")[i % 2]) as res:
             res.socket().close()
@@ -376,7 +372,7 @@ def test_cycles_leave_no_descriptors_behind():
                 portreserve.reserve(1, start=res.start)
         held.close()
     gc.collect()
-    assert _fd_count() == before
+    assert len(open_fds()) == before
     assert threading.active_count() == threads
 
 

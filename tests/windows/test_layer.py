@@ -5,7 +5,6 @@ import importlib
 import inspect
 import os
 
-import pytest
 
 import portreserve
 from portreserve import Protocol
