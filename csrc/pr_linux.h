@@ -4,7 +4,7 @@
  * Every call returns -1 on failure with the errno of the failing system call
  * in *err, as captured right after that call.  Descriptors are close-on-exec.
  * A holder is a socket bound to one port and never listened on: while it is
- * open nobody else can bind that port (see ../shared/docs/LINUX.md).
+ * open nobody else can bind that port (README.md, "What is enforced").
  */
 
 /* Bind holders for ports start .. start+count-1 into fds[0..count-1].

@@ -9,10 +9,12 @@ the process dies, so a crash frees the block.
 
 A port is handed to a user's socket by swapping the holder in for the user's
 descriptor (no window at all) where family and address allow, and otherwise
-by a one-bind SO_REUSEPORT overlap.  When that socket is closed the port is
-held again on a later bind(), if nobody took it in between (TIME_WAIT, or
-another process in that moment): then it is skipped until it can be held.
-See ../shared/docs/LINUX.md for the measurements behind these choices.
+by a one-bind SO_REUSEPORT overlap, after which a UDP holder stays to keep
+the port's other addresses closed (a TCP one cannot: listen() would fail).
+When that socket is closed the port is held again on a later bind(), if
+nobody took it in between (TIME_WAIT, or another process in that moment):
+then it is skipped until it can be held.
+The measurements behind these choices are summed up in README.md.
 """
 
 from __future__ import annotations
@@ -153,7 +155,8 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
 
 
 class Block:
-    """A held block: one holder socket per port not handed out."""
+    """A held block: one holder socket per port not handed out (and beside a
+    UDP socket that took its port on another address or family)."""
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
         fds = calls.new_fds(count)
