@@ -62,6 +62,7 @@ this layer everywhere, without a port on Windows.
 
 from __future__ import annotations
 
+import abc
 import atexit
 import os
 import socket
@@ -256,7 +257,38 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class CompletionPort:
+class _PortBase(abc.ABC):
+    """What every system's CompletionPort shares: its checks and its lifetime."""
+
+    _closed = False
+
+    @staticmethod
+    def _concurrency(value: int) -> int:
+        value = _args._int("CompletionPort", "concurrency", value)
+        if value < 0:
+            raise InvalidParameter(f"CompletionPort: concurrency {value} is negative")
+        return value or os.cpu_count() or 2
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self, call: str) -> None:
+        if self._closed:
+            raise InvalidParameter(f"{call}: the completion port is closed")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Abort what is pending and free the port."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class CompletionPort(_PortBase):
     """Finished operations, queued with their keys (an I/O completion port).
 
     ``concurrency`` is how many operations of this port may run at once
@@ -265,14 +297,10 @@ class CompletionPort:
     """
 
     def __init__(self, concurrency: int = 0) -> None:
-        concurrency = _args._int("CompletionPort", "concurrency", concurrency)
-        if concurrency < 0:
-            raise InvalidParameter(f"CompletionPort: concurrency {concurrency} is negative")
+        self._workers = _Workers(self._concurrency(concurrency))
         self._cond = threading.Condition()
         self._done: deque[Completion] = deque()
-        self._closed = False
-        self._workers = _Workers(concurrency or os.cpu_count() or 2)
-        self._fd = -1  # no eventfd (Windows until its layer exists): API.md allows -1
+        self._fd = -1  # no eventfd outside Linux: API.md allows -1
         self._close_fd: Callable[[], object] = lambda: None
         if sys.platform == "linux":
             # Invariant, kept under _cond: the counter is non-zero exactly
@@ -285,14 +313,6 @@ class CompletionPort:
     @property
     def concurrency(self) -> int:
         return self._workers.limit
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _check_open(self, call: str) -> None:
-        if self._closed:
-            raise InvalidParameter(f"{call}: the completion port is closed")
 
     def fileno(self) -> int:
         """A descriptor readable while completions are queued (-1 where there is none)."""
@@ -345,12 +365,6 @@ class CompletionPort:
             self._cond.notify_all()  # waiters in get() raise
         self._workers.close()
         self._close_fd()
-
-    def __enter__(self) -> CompletionPort:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"

@@ -35,7 +35,6 @@ late) is the op's own: False.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import sys
 import threading
@@ -49,7 +48,7 @@ from typing import Any, Callable
 from . import _args, _errors
 from ._backend import calls
 from ._errors import InvalidParameter, OperationAborted
-from ._overlapped import Completion, Overlapped
+from ._overlapped import Completion, Overlapped, _PortBase
 from ._records import PortReservationInstance
 
 # Windows only; this also tells mypy --platform linux to skip the rest.
@@ -171,7 +170,7 @@ class _IoctlOp(Overlapped):
             self.set_exception(_errors.from_winerror(status, f"{self.call}: {self._ioctl}"))
 
 
-class CompletionPort:
+class CompletionPort(_PortBase):
     """An I/O completion port: finished operations, dequeued with their keys.
 
     ``concurrency`` is accepted and checked as on other systems; packets are
@@ -179,10 +178,7 @@ class CompletionPort:
     """
 
     def __init__(self, concurrency: int = 0) -> None:
-        concurrency = _args._int("CompletionPort", "concurrency", concurrency)
-        if concurrency < 0:
-            raise InvalidParameter(f"CompletionPort: concurrency {concurrency} is negative")
-        self._concurrency = concurrency or os.cpu_count() or 2
+        self._threads = self._concurrency(concurrency)
         err, self._handle = calls.port_new()
         if err:
             raise _errors.from_winerror(err, "CompletionPort: CreateIoCompletionPort")
@@ -191,7 +187,6 @@ class CompletionPort:
         self._free = weakref.finalize(self, calls.port_close, self._handle)
         self._free.atexit = False
         self._cond = threading.Condition()
-        self._closed = False
         self._pending: dict[Any, _IoctlOp] = {}  # by C op, until its packet is dequeued
         self._ready: deque[Completion] = deque()  # dequeued, not yet returned by get()
         self._pumper: int | None = None  # the thread in port_get
@@ -203,15 +198,7 @@ class CompletionPort:
 
     @property
     def concurrency(self) -> int:
-        return self._concurrency
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _check_open(self, call: str) -> None:
-        if self._closed:
-            raise InvalidParameter(f"{call}: the completion port is closed")
+        return self._threads
 
     def fileno(self) -> int:
         """-1: an IOCP is not a descriptor select() can wait on (API.md allows it)."""
@@ -336,12 +323,6 @@ class CompletionPort:
             op._complete(OperationAborted(f"{op.call}: {op._ioctl}: the completion port "
                                           f"was closed (the operation did not end)"))
         self._free()
-
-    def __enter__(self) -> CompletionPort:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"handle={self._handle:#x}"
