@@ -3,6 +3,7 @@
 Platform-free: runs on Linux and, under Wine, against the Windows build.
 """
 
+import os
 import socket
 
 import pytest
@@ -161,3 +162,21 @@ def test_errors_pickle():
     exc = ReservationNotFound("x", winerror=1168)
     back = pickle.loads(pickle.dumps(exc))
     assert type(back) is ReservationNotFound and back.winerror == 1168 and back.errno == exc.errno
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_bad_input_changes_nothing():
+    before = sorted(os.listdir("/proc/self/fd"))
+    with socket.socket() as sock:
+        calls = [
+            lambda: portreserve.reserve(0), lambda: portreserve.reserve(2, start=65535),
+            lambda: portreserve.reserve(1, protocol="sctp"), lambda: portreserve.bind(sock, 0),
+            lambda: lowlevel.acquire_port_reservation(sock, 70000, 1),
+            lambda: lowlevel.associate_port_reservation(sock, 1 << 64),
+            lambda: portreserve.create_persistent(0, 4),
+        ]
+        for call in calls:
+            with pytest.raises(InvalidParameter):
+                call()
+        assert _unbound(sock)
+    assert sorted(os.listdir("/proc/self/fd")) == before
