@@ -277,6 +277,16 @@ class _PortBase(abc.ABC):
         if self._closed:
             raise InvalidParameter(f"{call}: the completion port is closed")
 
+    @staticmethod
+    def _get_args(max_entries: int, timeout: float | None) -> int:
+        """get()'s checks, before it touches anything."""
+        max_entries = _args._int("CompletionPort.get", "max_entries", max_entries)
+        if max_entries < 1:
+            raise InvalidParameter(f"CompletionPort.get: max_entries {max_entries} is below 1")
+        if timeout is not None and timeout < 0:
+            raise InvalidParameter(f"CompletionPort.get: timeout {timeout} is negative")
+        return max_entries
+
     @abc.abstractmethod
     def close(self) -> None:
         """Abort what is pending and free the port."""
@@ -322,11 +332,7 @@ class CompletionPort(_PortBase):
     def get(self, timeout: float | None = None, max_entries: int = 64) -> list[Completion]:
         """Up to ``max_entries`` finished operations, oldest first; [] on timeout."""
         call = "CompletionPort.get"
-        max_entries = _args._int(call, "max_entries", max_entries)
-        if max_entries < 1:
-            raise InvalidParameter(f"{call}: max_entries {max_entries} is below 1")
-        if timeout is not None and timeout < 0:
-            raise InvalidParameter(f"{call}: timeout {timeout} is negative")
+        max_entries = self._get_args(max_entries, timeout)
         with self._cond:
             self._check_open(call)
             if not self._cond.wait_for(lambda: self._done or self._closed, timeout):

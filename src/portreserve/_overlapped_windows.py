@@ -282,11 +282,7 @@ class CompletionPort(_PortBase):
     def get(self, timeout: float | None = None, max_entries: int = 64) -> list[Completion]:
         """Up to ``max_entries`` finished operations, oldest first; [] on timeout."""
         call = "CompletionPort.get"
-        max_entries = _args._int(call, "max_entries", max_entries)
-        if max_entries < 1:
-            raise InvalidParameter(f"{call}: max_entries {max_entries} is below 1")
-        if timeout is not None and timeout < 0:
-            raise InvalidParameter(f"{call}: timeout {timeout} is negative")
+        max_entries = self._get_args(max_entries, timeout)
         self._check_open(call)
         self._until(lambda: bool(self._ready), timeout)
         with self._cond:
