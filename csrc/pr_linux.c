@@ -1,24 +1,30 @@
-/* Linux system calls of portreserve; declarations and contract in pr_linux.h. */
+/* POSIX system calls of portreserve; declarations and contract in pr_linux.h.
+ * Written for Linux; the parts Linux alone has are under __linux__, and the
+ * rest builds on macOS too (README.md, "On macOS"). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
-#include <linux/filter.h>
-#include <linux/inet_diag.h>
-#include <linux/netlink.h>
-#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-
-#include "pr_linux.h"
-
+#ifdef __linux__
+#include <linux/filter.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #ifndef IP_LOCAL_PORT_RANGE
 #define IP_LOCAL_PORT_RANGE 51 /* Linux 6.3 */
 #endif
+#else
+#include <sys/sysctl.h>
+#endif
+
+#include "pr_linux.h"
 
 static int fail(int *err)
 {
@@ -30,17 +36,34 @@ static int fail(int *err)
  * accepts zero bytes drops them all, and a minimal buffer bounds the rest. */
 static int drop_input(int fd)
 {
+    int small = 1;
+#ifdef __linux__
     static struct sock_filter drop_all = BPF_STMT(BPF_RET | BPF_K, 0);
     struct sock_fprog prog = {1, &drop_all};
-    int small = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
         return -1;
+#endif
+    /* Elsewhere the small buffer alone bounds them; the hand-off drains it. */
     return setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+}
+
+static int cloexec_socket(int family, int type, int protocol)
+{
+#ifdef SOCK_CLOEXEC
+    return socket(family, type | SOCK_CLOEXEC, protocol);
+#else
+    int fd = socket(family, type, protocol);
+    if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+#endif
 }
 
 static int open_holder(int family, int type)
 {
-    int fd = socket(family, type | SOCK_CLOEXEC, 0);
+    int fd = cloexec_socket(family, type, 0);
     int off = 0;
     if (fd < 0)
         return -1;
@@ -121,6 +144,7 @@ void pr_close_all(const int *fds, unsigned int count)
             close(fds[i]);
 }
 
+#ifdef __linux__
 static int dump_family(int nl, int family, int protocol, unsigned char *map)
 {
     struct {
@@ -165,7 +189,7 @@ static int dump_family(int nl, int family, int protocol, unsigned char *map)
 
 int pr_bound_ports(int protocol, unsigned char *map, int *err)
 {
-    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    int nl = cloexec_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
     int rc;
     if (nl < 0)
         return fail(err);
@@ -177,6 +201,15 @@ int pr_bound_ports(int protocol, unsigned char *map, int *err)
     close(nl);
     return rc;
 }
+#else
+int pr_bound_ports(int protocol, unsigned char *map, int *err)
+{
+    (void)protocol;
+    (void)map;
+    *err = ENOSYS;
+    return -1;
+}
+#endif
 
 /* Options a user may have set on a fresh socket before binding it; the
  * holder takes them over before it replaces the user's descriptor. */
@@ -186,12 +219,26 @@ static const struct {
     {SOL_SOCKET, SO_REUSEADDR},  {SOL_SOCKET, SO_REUSEPORT},
     {SOL_SOCKET, SO_KEEPALIVE},  {SOL_SOCKET, SO_BROADCAST},
     {SOL_SOCKET, SO_OOBINLINE},  {SOL_SOCKET, SO_SNDBUF},
-    {SOL_SOCKET, SO_RCVLOWAT},   {SOL_SOCKET, SO_PRIORITY},
-    {SOL_SOCKET, SO_MARK},       {IPPROTO_IPV6, IPV6_UNICAST_HOPS},
+    {SOL_SOCKET, SO_RCVLOWAT},   {IPPROTO_IPV6, IPV6_UNICAST_HOPS},
     {IPPROTO_IPV6, IPV6_TCLASS}, {IPPROTO_TCP, TCP_NODELAY},
-    {IPPROTO_TCP, TCP_KEEPIDLE}, {IPPROTO_TCP, TCP_KEEPINTVL},
-    {IPPROTO_TCP, TCP_KEEPCNT},  {IPPROTO_TCP, TCP_USER_TIMEOUT},
+    {IPPROTO_TCP, TCP_KEEPINTVL}, {IPPROTO_TCP, TCP_KEEPCNT},
+#ifdef TCP_KEEPIDLE
+    {IPPROTO_TCP, TCP_KEEPIDLE},
+#else
+    {IPPROTO_TCP, TCP_KEEPALIVE}, /* macOS's name for the idle time */
+#endif
+#ifdef __linux__
+    {SOL_SOCKET, SO_PRIORITY},   {SOL_SOCKET, SO_MARK},
+    {IPPROTO_TCP, TCP_USER_TIMEOUT},
+#endif
 };
+
+/* Linux's getsockopt reports buffer sizes doubled; setsockopt doubles again. */
+#ifdef __linux__
+#define BUFSIZE_TO_SET(reported) ((reported) / 2)
+#else
+#define BUFSIZE_TO_SET(reported) (reported)
+#endif
 
 static int copy_options(int from, int to, int family, int type)
 {
@@ -210,9 +257,8 @@ static int copy_options(int from, int to, int family, int type)
         len = sizeof b;
         if (getsockopt(to, copied[i].level, copied[i].name, &b, &len) < 0)
             return -1;
-        /* getsockopt reports buffer sizes doubled; setsockopt doubles again. */
         if (a != b && copied[i].name == SO_SNDBUF && copied[i].level == SOL_SOCKET)
-            a /= 2;
+            a = BUFSIZE_TO_SET(a);
         if (a != b && setsockopt(to, copied[i].level, copied[i].name, &a, sizeof a) < 0)
             return -1;
     }
@@ -226,11 +272,20 @@ static int copy_options(int from, int to, int family, int type)
         setsockopt(to, SOL_SOCKET, SO_LINGER, &la, sizeof la) < 0)
         return -1;
     if (type == SOCK_DGRAM) {
+#ifdef __linux__
         /* Undo drop_input(): the user's socket receives normally.  The
          * kernel wants an int-sized option even though it ignores it. */
         int unused = 0;
         if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0)
             return -1;
+#else
+        /* No filter here: drop what queued up while the port was held. */
+        char byte;
+        while (recv(to, &byte, 1, MSG_DONTWAIT) >= 0 || errno == EINTR)
+            ;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+#endif
     }
     /* Setting SO_RCVBUF switches TCP receive-buffer autotuning off for good,
      * so a TCP holder takes the user's size only when it differs; a UDP
@@ -242,10 +297,15 @@ static int copy_options(int from, int to, int family, int type)
     if (type == SOCK_STREAM && getsockopt(to, SOL_SOCKET, SO_RCVBUF, &b, &len) < 0)
         return -1;
     if (type != SOCK_STREAM || a != b) {
-        a /= 2;
+        a = BUFSIZE_TO_SET(a);
+#ifdef __linux__
         if (setsockopt(to, SOL_SOCKET, SO_RCVBUFFORCE, &a, sizeof a) < 0 &&
             setsockopt(to, SOL_SOCKET, SO_RCVBUF, &a, sizeof a) < 0)
             return -1;
+#else
+        if (setsockopt(to, SOL_SOCKET, SO_RCVBUF, &a, sizeof a) < 0)
+            return -1;
+#endif
     }
     flags = fcntl(from, F_GETFL);
     if (flags < 0 || fcntl(to, F_SETFL, flags) < 0)
@@ -253,14 +313,27 @@ static int copy_options(int from, int to, int family, int type)
     return 0;
 }
 
+/* dup3() where there is one: the descriptor never exists without its flag. */
+static int dup_over(int from, int to, int cloexec)
+{
+#ifdef __linux__
+    return dup3(from, to, cloexec ? O_CLOEXEC : 0);
+#else
+    if (dup2(from, to) < 0)
+        return -1;
+    return cloexec ? fcntl(to, F_SETFD, FD_CLOEXEC) : 0;
+#endif
+}
+
 int pr_handoff_dup(int holder, int user, int *err)
 {
-    int family, type, fdflags;
-    socklen_t len = sizeof type;
+    int type, fdflags;
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof type, salen = sizeof sa;
     if (getsockopt(user, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
-        getsockopt(user, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0 ||
-        (fdflags = fcntl(user, F_GETFD)) < 0 || copy_options(user, holder, family, type) < 0 ||
-        dup3(holder, user, (fdflags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0)
+        getsockname(user, (struct sockaddr *)&sa, &salen) < 0 ||
+        (fdflags = fcntl(user, F_GETFD)) < 0 || copy_options(user, holder, sa.ss_family, type) < 0 ||
+        dup_over(holder, user, fdflags & FD_CLOEXEC) < 0)
         return fail(err);
     close(holder);
     return 0;
@@ -304,8 +377,43 @@ int pr_handoff_reuseport(int holder, int user, int family,
 
 int pr_set_local_port_range(int fd, unsigned int lo, unsigned int hi, int *err)
 {
+#ifdef IP_LOCAL_PORT_RANGE
     unsigned int range = (hi << 16) | lo;
     if (setsockopt(fd, IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range) < 0)
         return fail(err);
+    return 0;
+#else
+    (void)fd;
+    (void)lo;
+    (void)hi;
+    *err = ENOPROTOOPT;
+    return -1;
+#endif
+}
+
+int pr_port_range(unsigned int *lo, unsigned int *hi, int *err)
+{
+#ifdef __linux__
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re");
+    int n;
+    if (!f)
+        return fail(err);
+    n = fscanf(f, "%u %u", lo, hi);
+    fclose(f);
+    if (n != 2) {
+        *err = EIO;
+        return -1;
+    }
+#else
+    int first, last;
+    size_t len = sizeof first;
+    if (sysctlbyname("net.inet.ip.portrange.first", &first, &len, NULL, 0) < 0)
+        return fail(err);
+    len = sizeof last;
+    if (sysctlbyname("net.inet.ip.portrange.last", &last, &len, NULL, 0) < 0)
+        return fail(err);
+    *lo = (unsigned int)first;
+    *hi = (unsigned int)last;
+#endif
     return 0;
 }

@@ -1,5 +1,6 @@
-/* Linux half of the portreserve shim.  This text is also the CFFI cdef, so it
- * holds only declarations cffi can parse (no #include, no macros).
+/* POSIX half of the portreserve shim: Linux, and macOS where noted.  This
+ * text is also the CFFI cdef, so it holds only declarations cffi can parse
+ * (no #include, no macros).
  *
  * Every call returns -1 on failure with the errno of the failing system call
  * in *err, as captured right after that call.  Descriptors are close-on-exec.
@@ -22,12 +23,13 @@ void pr_close_all(const int *fds, unsigned int count);
 /* Set map[p] = 1 for every port p that has a socket of `protocol`
  * (IPPROTO_TCP or IPPROTO_UDP) bound in this network namespace, IPv4 and IPv6,
  * in any state (TIME_WAIT included), through a NETLINK_SOCK_DIAG dump.
- * map has 65536 entries. */
+ * map has 65536 entries.  ENOSYS off Linux. */
 int pr_bound_ports(int protocol, unsigned char *map, int *err);
 
 /* Hand the holder's port to the user's fresh socket with no window: copy the
  * user's socket options and file flags onto the holder, then dup3() it over
- * the user's descriptor.  Only for the holder's family and wildcard address. */
+ * the user's descriptor (dup2() and then the close-on-exec flag off Linux).
+ * Only for the holder's family and wildcard address. */
 int pr_handoff_dup(int holder, int user, int *err);
 
 /* Hand the holder's port to the user's socket bound to another address or
@@ -41,5 +43,9 @@ int pr_handoff_reuseport(int holder, int user, int family,
                          int private_uid, int *err);
 
 /* IP_LOCAL_PORT_RANGE (Linux 6.3+): where bind(port 0) and connect() may
- * pick a port for this socket. */
+ * pick a port for this socket.  ENOPROTOOPT off Linux. */
 int pr_set_local_port_range(int fd, unsigned int lo, unsigned int hi, int *err);
+
+/* The range the kernel picks automatic (ephemeral) ports from:
+ * ip_local_port_range on Linux, net.inet.ip.portrange.first/last on macOS. */
+int pr_port_range(unsigned int *lo, unsigned int *hi, int *err);

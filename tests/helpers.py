@@ -14,7 +14,8 @@ import textwrap
 
 import pytest
 
-ROOT = os.geteuid() == 0
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # never on Windows
+LINUX = sys.platform.startswith("linux")
 
 
 def _python_for(user: int | None) -> str:
@@ -89,7 +90,7 @@ def can_bind(port: int, *, host: str = "127.0.0.1", udp: bool = False,
 
 def open_fds() -> set[str]:
     """This process's open descriptors."""
-    return set(os.listdir("/proc/self/fd"))
+    return set(os.listdir("/proc/self/fd" if LINUX else "/dev/fd"))
 
 
 def free_block(count: int) -> int:

@@ -3,7 +3,6 @@
 Platform-free: runs on Linux and, under Wine, against the Windows build.
 """
 
-import os
 import socket
 import sys
 
@@ -12,6 +11,8 @@ import pytest
 import portreserve
 from portreserve import lowlevel
 from portreserve import InvalidParameter, NotSupported, ReservationNotFound
+
+from helpers import LINUX, open_fds
 
 BAD_BLOCKS = [  # (count, start)
     (0, 0), (-1, 0), (65536, 0), (1, -1), (1, 65536), (2, 65535), (100, 65500),
@@ -165,9 +166,9 @@ def test_errors_pickle():
     assert type(back) is ReservationNotFound and back.winerror == 1168 and back.errno == exc.errno
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/fd")
+@pytest.mark.skipif(sys.platform == "win32", reason="counts descriptors")
 def test_bad_input_changes_nothing():
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_fds()
     with socket.socket() as sock:
         calls = [
             lambda: portreserve.reserve(0), lambda: portreserve.reserve(2, start=65535),
@@ -180,4 +181,12 @@ def test_bad_input_changes_nothing():
             with pytest.raises(InvalidParameter):
                 call()
         assert _unbound(sock)
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_fds() == before
+
+
+@pytest.mark.skipif(LINUX or sys.platform == "win32", reason="persistent reservations exist here")
+def test_persistent_is_not_supported_off_linux():
+    with pytest.raises(NotSupported):
+        portreserve.create_persistent(40000, 2)
+    with pytest.raises(NotSupported):
+        portreserve.list_persistent()

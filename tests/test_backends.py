@@ -1,10 +1,11 @@
-"""The two Linux system-call layers keep one contract (csrc/pr_linux.h).
+"""The two POSIX system-call layers keep one contract (csrc/pr_linux.h).
 
 _linux_cffi.py (our compiled shim) and _linux_ctypes.py (no compiled code of
 ours) must expose the same functions and behave the same on real calls: the
 same holders, the same errno on the same mistake, the same hand-offs.  The
 last tests check how _backend.py picks one, including the fallback to ctypes
-when the compiled module is missing.
+when the compiled module is missing.  Tests of what only Linux's kernel
+does are marked; the rest runs on macOS too.
 """
 
 import errno
@@ -19,9 +20,10 @@ import textwrap
 
 import pytest
 
-from helpers import ROOT, can_bind
+from helpers import LINUX, ROOT, can_bind
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux layers")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX layers")
+linux_only = pytest.mark.skipif(not LINUX, reason="Linux's bind rules and sock_diag")
 
 TCP, UDP = socket.SOCK_STREAM, socket.SOCK_DGRAM
 V6 = socket.AF_INET6
@@ -51,7 +53,7 @@ def test_same_functions_and_signatures():
     cffi, ctypes_ = _functions(_layer("cffi")), _functions(_layer("ctypes"))
     assert set(cffi) == set(ctypes_)
     assert {"new_fds", "hold", "hold_any", "close_all", "bound_ports", "handoff_dup",
-            "handoff_reuseport", "set_local_port_range"} <= set(cffi)
+            "handoff_reuseport", "set_local_port_range", "port_range"} <= set(cffi)
     for name in cffi:
         assert list(cffi[name].parameters) == list(ctypes_[name].parameters), name
 
@@ -70,6 +72,7 @@ def _free_block(calls, count):
     pytest.fail("no free block found")
 
 
+@linux_only
 @pytest.mark.parametrize("type_", [TCP, UDP])
 def test_hold_blocks_other_processes_until_closed(calls, type_):
     udp = type_ == UDP
@@ -86,6 +89,7 @@ def test_hold_blocks_other_processes_until_closed(calls, type_):
     assert can_bind(start + 1, udp=udp)
 
 
+@linux_only
 def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
     start = _free_block(calls, 3)
     blocker = socket.socket()
@@ -97,6 +101,7 @@ def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
     assert can_bind(start) and can_bind(start + 1)
 
 
+@linux_only
 def test_hold_any_and_errors(calls):
     fd, port = calls.hold_any(V6, UDP)
     assert port > 0 and not can_bind(port, udp=True)
@@ -133,6 +138,7 @@ def test_handoff_dup_swaps_in_the_holder(calls, type_):
     user.close()
 
 
+@linux_only
 def test_handoff_reuseport_binds_another_address(calls):
     fd, port = calls.hold_any(V6, TCP)
     user = socket.socket(socket.AF_INET, TCP)
@@ -168,6 +174,23 @@ def test_set_local_port_range(calls):
             return
         s.bind(("127.0.0.1", 0))
         assert start <= s.getsockname()[1] <= start + 3
+
+
+def test_port_range_is_where_the_kernel_picks(calls):
+    lo, hi = calls.port_range()
+    assert 1 <= lo <= hi <= 65535
+    for _ in range(20):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            assert lo <= s.getsockname()[1] <= hi
+
+
+@pytest.mark.skipif(LINUX, reason="Linux has the dump (test_hold_blocks_...)")
+def test_no_socket_dump_off_linux(calls):
+    # The engine then finds blocks by trying binds.
+    with pytest.raises(OSError) as info:
+        calls.bound_ports(socket.IPPROTO_TCP)
+    assert info.value.errno == errno.ENOSYS
 
 
 def _child(code, **env):

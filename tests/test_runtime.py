@@ -1,7 +1,10 @@
-"""Runtime reservations on Linux, checked against the real kernel.
+"""Runtime reservations on Linux and macOS, checked against the real kernel.
 
 Each test reads like the reference pages' examples: reserve, bind, check
-from another process, release, check again.
+from another process, release, check again.  Where macOS's kernel promises
+less (README.md, "Platforms") the test says so: XNU lets a process of the same
+uid bind a held port on a specific address when it sets SO_REUSEADDR or
+SO_REUSEPORT, so the reuse checks are Linux's.
 """
 
 import gc
@@ -17,9 +20,10 @@ import pytest
 import portreserve
 from portreserve import ReservationConflict, ReservationExhausted, lowlevel
 
-from helpers import ROOT, can_bind, in_netns, open_fds, run_python
+from helpers import LINUX, ROOT, can_bind, in_netns, open_fds, run_python
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux engine")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX engine")
+linux_only = pytest.mark.skipif(not LINUX, reason="a Linux mechanism")
 
 PROTOCOLS = ["tcp", "udp"]
 HOSTS = ["0.0.0.0", "127.0.0.1", "::", "::1"]
@@ -34,11 +38,13 @@ def test_other_process_cannot_bind_until_release(protocol, host):
     for port in res.ports:
         assert not can_bind(port, host=host, udp=udp)
     # reuse options on the other side do not help it
-    assert not can_bind(res.start, host=host, udp=udp, reuse=True)
+    if LINUX or host in ("0.0.0.0", "::"):
+        assert not can_bind(res.start, host=host, udp=udp, reuse=True)
     res.release()
     assert can_bind(res.start, host=host, udp=udp)
 
 
+@linux_only
 @pytest.mark.skipif(not ROOT, reason="needs root to start a child as another uid")
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_unprivileged_process_cannot_bind(protocol):
@@ -105,6 +111,7 @@ AUTOMATIC_PORTS = """
 """
 
 
+@linux_only
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_automatic_ports_never_land_in_a_block(protocol):
     out = in_netns(AUTOMATIC_PORTS.format(udp=protocol == "udp", protocol=protocol))
@@ -250,6 +257,7 @@ def test_lowlevel_release_needs_the_acquiring_socket():
         assert can_bind(inst.start_port)
 
 
+@linux_only
 def test_plain_bind_on_associated_socket_stays_in_block():
     # IP_LOCAL_PORT_RANGE (Linux 6.3+): bind((host, 0)) cannot land outside.
     with portreserve.reserve(2) as res, socket.socket() as sock:
@@ -351,7 +359,7 @@ def test_many_small_reservations_raise_the_descriptor_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
         held = [portreserve.reserve(n % 3 + 1, protocol=("tcp", "udp")[n % 2])
                 for n in range(300)]
-        print(len(held), resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard)
+        print(len(held), resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 64)
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["300", "True"]
@@ -420,7 +428,7 @@ def test_udp_socket_on_one_address_keeps_the_port_closed_elsewhere():
         sock = res.socket(host="127.0.0.1")
         port = sock.getsockname()[1]
         for host in ("127.0.0.2", "0.0.0.0", "::1", "::"):
-            assert not can_bind(port, host=host, udp=True, reuse=True)
+            assert not can_bind(port, host=host, udp=True, reuse=LINUX)
         sock.close()
         again = res.socket(socket.AF_INET6)  # the port comes back
         assert again.getsockname()[1] == port

@@ -15,13 +15,17 @@ When that socket is closed the port is held again on a later bind(), if
 nobody took it in between (TIME_WAIT, or another process in that moment):
 then it is skipped until it can be held.
 The measurements behind these choices are summed up in README.md.
+
+The same engine runs on macOS with what POSIX offers there: no socket dump
+(blocks are found by trying binds), no reserved-ports list, no persistent
+reservations; README.md, "On macOS", says what that costs.
 """
 
 from __future__ import annotations
 
 import sys
 
-assert sys.platform != "win32"  # Linux only; also tells mypy to skip this module there
+assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import errno
 import os
@@ -33,9 +37,15 @@ import weakref
 
 from . import _errors
 from ._backend import calls
-from ._errors import InvalidParameter, ReservationExhausted, ReservationNotFound
+from ._errors import (
+    InvalidParameter,
+    NotSupported,
+    ReservationExhausted,
+    ReservationNotFound,
+)
 from ._records import PortReservationInstance, Protocol
 
+_LINUX = sys.platform.startswith("linux")
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 _family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
 _random = random.Random(os.urandom(16))
@@ -53,16 +63,6 @@ def _new_token() -> int:
             return token
 
 
-def _read_sysctl(name: str) -> str:
-    with open(f"/proc/sys/net/ipv4/{name}") as f:
-        return f.read()
-
-
-def ephemeral_range() -> tuple[int, int]:
-    lo, hi = _read_sysctl("ip_local_port_range").split()
-    return int(lo), int(hi)
-
-
 def parse_port_list(text: str) -> list[tuple[int, int]]:
     """'8080,9000-9010' -> [(8080, 8080), (9000, 9010)]."""
     spans = []
@@ -76,10 +76,16 @@ def parse_port_list(text: str) -> list[tuple[int, int]]:
 def _raise_nofile_limit() -> bool:
     """Raise RLIMIT_NOFILE's soft limit to the hard one; True if that helped."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= hard:
-        return False
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return True
+    # macOS refuses its usual unlimited hard limit as a soft one; OPEN_MAX
+    # (10240) it takes.
+    for target in (hard, 10240):
+        if soft < target <= hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                return True
+            except (ValueError, OSError):
+                pass
+    return False
 
 
 def _hold(type_: int, start: int, count: int, fds) -> tuple[int, int]:
@@ -130,10 +136,12 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
         taken = calls.bound_ports(_IPPROTO[protocol])
     except OSError:  # no sock_diag (old kernel, seccomp): the binds still check
         taken = bytearray(65536)
-    for lo, hi in parse_port_list(_read_sysctl("ip_local_reserved_ports")):
-        taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
+    if _LINUX:
+        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+            for lo, hi in parse_port_list(f.read()):
+                taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
     need = bytes(count)
-    eph_lo, eph_hi = ephemeral_range()
+    eph_lo, eph_hi = calls.port_range()
     # Ephemeral range first, as Windows does; then all unprivileged ports.
     for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
         # A random starting point keeps concurrent searchers apart.
@@ -249,9 +257,10 @@ def _packed(family: int, host: str) -> bytes:
 
 
 _WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
-# Owner of both sockets during a SO_REUSEPORT hand-off, when we may chown
-# sockets (root): a uid no process runs as, so nobody can join that bind.
-_PRIVATE_UID = 2**31 - 2 if os.geteuid() == 0 else -1
+# Owner of both sockets during a SO_REUSEPORT hand-off on Linux, when we may
+# chown sockets (root): a uid no process runs as, so nobody can join that bind
+# through Linux's bind-bucket cache (see pr_handoff_reuseport).
+_PRIVATE_UID = 2**31 - 2 if _LINUX and os.geteuid() == 0 else -1
 
 
 def _handoff(holder: int, sock: socket.socket, host: str, port: int) -> bool:
@@ -310,7 +319,9 @@ def _protocol_of(sock: socket.socket) -> Protocol:
 
 
 def _resolve(token: int, call: str):
-    block = _blocks.get(token) or _persistent().block_for_token(token)
+    block = _blocks.get(token)
+    if block is None and _LINUX:
+        block = _persistent().block_for_token(token)
     if block is None:
         raise ReservationNotFound(f"{call}: no reservation has token {token}")
     return block
@@ -350,6 +361,9 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
 
 
 def _persistent():
+    if not _LINUX:
+        raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
+                           f"{sys.platform} has no equivalent")
     from . import _persistent
     return _persistent
 

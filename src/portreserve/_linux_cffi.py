@@ -1,4 +1,4 @@
-"""Linux system calls through the compiled shim (csrc/pr_linux.c).
+"""POSIX system calls through the compiled shim (csrc/pr_linux.c).
 
 Same functions as _linux_ctypes.py.  Fallible single calls raise OSError
 with the errno the shim captured; pr_hold reports which port failed.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-assert sys.platform != "win32"  # Linux only; also tells mypy to skip this module there
+assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import os
 
@@ -70,3 +70,11 @@ def set_local_port_range(fd: int, lo: int, hi: int) -> None:
     err = ffi.new("int *")
     if lib.pr_set_local_port_range(fd, lo, hi, err) < 0:
         _raise(err[0])
+
+
+def port_range() -> tuple[int, int]:
+    out = ffi.new("unsigned int[2]")
+    err = ffi.new("int *")
+    if lib.pr_port_range(out, out + 1, err) < 0:
+        _raise(err[0])
+    return out[0], out[1]

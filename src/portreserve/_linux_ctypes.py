@@ -1,9 +1,10 @@
-"""Linux system calls with no compiled code of ours.
+"""POSIX system calls with no compiled code of ours.
 
 Same functions and behaviour as _linux_cffi.py (contract: csrc/pr_linux.h),
-built from the socket, os and fcntl modules.  ctypes is used for the one
-thing they cannot express: the address of the drop-all filter program that
-SO_ATTACH_FILTER takes inside its struct sock_fprog.
+built from the socket, os and fcntl modules.  ctypes is used for what they
+cannot express: the address of the drop-all filter program that Linux's
+SO_ATTACH_FILTER takes inside its struct sock_fprog, and macOS's
+sysctlbyname().
 
 Sockets are _socket.socket objects, the C type under socket.socket: we
 never need the Python wrapper, and skipping its __init__ saves a few
@@ -30,11 +31,9 @@ import socket
 import struct
 import sys
 
-assert sys.platform != "win32"  # Linux only; also tells mypy to skip this module there
+assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
-# Linux only; this also tells mypy --platform win32 to skip the rest.
-assert sys.platform != "win32"
-
+_LINUX = sys.platform.startswith("linux")
 # Linux values the socket module does not name (asm-generic/socket.h, in.h).
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
@@ -56,16 +55,15 @@ _DROP_ALL_PROG = struct.pack("@HP", 1, ctypes.addressof(_DROP_ALL))
 
 # Options a user may have set on a fresh socket before binding it; the holder
 # takes them over before it replaces the user's descriptor (as the shim).
-_COPIED = (
-    (_SOL, socket.SO_REUSEADDR), (_SOL, socket.SO_REUSEPORT),
-    (_SOL, socket.SO_KEEPALIVE), (_SOL, socket.SO_BROADCAST),
-    (_SOL, socket.SO_OOBINLINE), (_SOL, socket.SO_SNDBUF),
-    (_SOL, socket.SO_RCVLOWAT), (_SOL, socket.SO_PRIORITY),
-    (_SOL, socket.SO_MARK), (_V6, socket.IPV6_UNICAST_HOPS),
-    (_V6, socket.IPV6_TCLASS), (_TCP, socket.TCP_NODELAY),
-    (_TCP, socket.TCP_KEEPIDLE), (_TCP, socket.TCP_KEEPINTVL),
-    (_TCP, socket.TCP_KEEPCNT), (_TCP, socket.TCP_USER_TIMEOUT),
-)
+# Names this system lacks are left out (TCP_KEEPALIVE is macOS's TCP_KEEPIDLE).
+_COPIED = tuple(
+    (level, getattr(socket, name)) for level, names in (
+        (_SOL, ("SO_REUSEADDR", "SO_REUSEPORT", "SO_KEEPALIVE", "SO_BROADCAST",
+                "SO_OOBINLINE", "SO_SNDBUF", "SO_RCVLOWAT", "SO_PRIORITY", "SO_MARK")),
+        (_V6, ("IPV6_UNICAST_HOPS", "IPV6_TCLASS")),
+        (_TCP, ("TCP_NODELAY", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT",
+                "TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE")),
+    ) for name in names if hasattr(socket, name))
 
 
 def _raise(err: int | None) -> NoReturn:
@@ -86,8 +84,10 @@ def _open_holder(family: int, type: int) -> _socket.socket:
             # Dual-stack: one [::] holder blocks IPv4 and IPv6 binds alike.
             s.setsockopt(_V6, socket.IPV6_V6ONLY, 0)
         if type == _DGRAM:
-            # A UDP holder must not collect datagrams sent to its port.
-            s.setsockopt(_SOL, SO_ATTACH_FILTER, _DROP_ALL_PROG)
+            # A UDP holder must not collect datagrams sent to its port; off
+            # Linux the small buffer alone bounds them and the hand-off drains it.
+            if _LINUX:
+                s.setsockopt(_SOL, SO_ATTACH_FILTER, _DROP_ALL_PROG)
             s.setsockopt(_SOL, socket.SO_RCVBUF, 1)
     except BaseException:
         s.close()
@@ -146,6 +146,8 @@ def close_all(fds, count: int) -> None:
 
 def bound_ports(protocol: int) -> bytearray:
     """Ports with a socket of ``protocol`` bound, any state, IPv4 and IPv6."""
+    if not sys.platform.startswith("linux"):
+        _raise(errno.ENOSYS)  # no sock_diag: as the shim
     taken = bytearray(65536)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         for family in (socket.AF_INET, socket.AF_INET6):
@@ -213,8 +215,9 @@ def handoff_dup(holder: int, user: int) -> None:
 def _copy_options(src: _socket.socket, dst: _socket.socket) -> None:
     type = src.getsockopt(_SOL, socket.SO_TYPE)
     # IPv6 options fail (EOPNOTSUPP) on the AF_INET holders of a host
-    # without IPv6.
-    v6 = src.getsockopt(_SOL, socket.SO_DOMAIN) == socket.AF_INET6
+    # without IPv6.  Python reads the address by its own family: 4 items
+    # for AF_INET6.
+    v6 = len(src.getsockname()) == 4
     for level, name in _COPIED:
         if (level == _TCP and type != _STREAM) or (level == _V6 and not v6):
             continue
@@ -222,25 +225,43 @@ def _copy_options(src: _socket.socket, dst: _socket.socket) -> None:
         b = dst.getsockopt(level, name)
         if a != b:
             if name == socket.SO_SNDBUF and level == _SOL:
-                a //= 2  # getsockopt reports buffer sizes doubled; setsockopt doubles
+                a = _to_set(a)
             dst.setsockopt(level, name, a)
     la = src.getsockopt(_SOL, socket.SO_LINGER, 8)
     if la != dst.getsockopt(_SOL, socket.SO_LINGER, 8):
         dst.setsockopt(_SOL, socket.SO_LINGER, la)
-    if type == _DGRAM:
+    if type == _DGRAM and _LINUX:
         # Undo the drop-all filter.  The value is ignored, but since Linux
         # 4.x setsockopt rejects an option shorter than an int (EINVAL).
         dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+    elif type == _DGRAM:
+        # No filter here: drop what queued up while the port was held.  The
+        # caller sets the file flags afterwards.
+        dst.setblocking(False)
+        try:
+            while True:
+                dst.recv(1)
+        except BlockingIOError:
+            pass
     # Setting SO_RCVBUF switches TCP receive-buffer autotuning off for good:
     # a TCP holder takes the user's size only when it differs; a UDP holder's
     # was shrunk to drop input and is always restored.
     rcvbuf = src.getsockopt(_SOL, socket.SO_RCVBUF)
     if type == _STREAM and rcvbuf == dst.getsockopt(_SOL, socket.SO_RCVBUF):
         return
-    try:
-        dst.setsockopt(_SOL, SO_RCVBUFFORCE, rcvbuf // 2)
-    except OSError:  # SO_RCVBUFFORCE needs CAP_NET_ADMIN
-        dst.setsockopt(_SOL, socket.SO_RCVBUF, rcvbuf // 2)
+    size = _to_set(rcvbuf)
+    if _LINUX:
+        try:
+            dst.setsockopt(_SOL, SO_RCVBUFFORCE, size)
+            return
+        except OSError:  # SO_RCVBUFFORCE needs CAP_NET_ADMIN
+            pass
+    dst.setsockopt(_SOL, socket.SO_RCVBUF, size)
+
+
+def _to_set(reported: int) -> int:
+    # Linux's getsockopt reports buffer sizes doubled; setsockopt doubles again.
+    return reported // 2 if _LINUX else reported
 
 
 def handoff_reuseport(holder: int, user: int, family: int, addr: bytes, port: int,
@@ -312,6 +333,8 @@ def _quietly(call, *args) -> None:
 
 
 def set_local_port_range(fd: int, lo: int, hi: int) -> None:
+    if not _LINUX:
+        _raise(errno.ENOPROTOOPT)  # as the shim
     try:
         if fd < 0:
             _raise(errno.EBADF)
@@ -325,3 +348,20 @@ def set_local_port_range(fd: int, lo: int, hi: int) -> None:
             _restore_flags(fd, flags)
     except OSError as exc:
         _raise(exc.errno)
+
+
+def port_range() -> tuple[int, int]:
+    """The range the kernel picks automatic ports from."""
+    if _LINUX:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = []
+    for name in (b"net.inet.ip.portrange.first", b"net.inet.ip.portrange.last"):
+        value, size = ctypes.c_int(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_int))
+        if libc.sysctlbyname(name, ctypes.byref(value), ctypes.byref(size), None,
+                             ctypes.c_size_t(0)) < 0:
+            _raise(ctypes.get_errno())
+        out.append(value.value)
+    return out[0], out[1]

@@ -30,7 +30,7 @@ Linux has no asynchronous form of these calls (it has no reservation call at
 all: a reservation is a set of holder sockets, see _linux.py), so the layer
 below gives the same model with threads:
 
-* A CompletionPort is a queue of completions plus an eventfd that is readable
+* A CompletionPort is a queue of completions plus a pipe that is readable
   exactly while the queue is not empty, so select/selectors/asyncio can wait
   on it.
 * Each port owns a small pool of worker threads (the IOCP's "concurrency"),
@@ -50,7 +50,7 @@ below gives the same model with threads:
   nothing is left behind.
 
 Where Windows slots in: ``Overlapped``, ``Completion``, the argument checks and
-the public functions are platform-free.  ``_Workers`` and the eventfd queue of
+the public functions are platform-free.  ``_Workers`` and the pipe-signalled queue of
 ``CompletionPort`` are the submission layer; on win32 _overlapped_windows.py
 replaces them (overlapped WSAIoctl, a real I/O completion port, CancelIoEx,
 through the C engine): the public functions hand their checked arguments to
@@ -310,13 +310,13 @@ class CompletionPort(_PortBase):
         self._workers = _Workers(self._concurrency(concurrency))
         self._cond = threading.Condition()
         self._done: deque[Completion] = deque()
-        self._fd = -1  # no eventfd outside Linux: API.md allows -1
+        self._fd = self._wfd = -1  # no pipe on Windows: API.md allows -1
         self._close_fd: Callable[[], object] = lambda: None
-        if sys.platform == "linux":
-            # Invariant, kept under _cond: the counter is non-zero exactly
-            # while _done is not empty, so the descriptor is readable exactly then.
-            self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-            self._close_fd = weakref.finalize(self, os.close, self._fd)
+        if sys.platform != "win32":
+            # Invariant, kept under _cond: the pipe holds one byte exactly
+            # while _done is not empty, so its read end is readable exactly then.
+            self._fd, self._wfd = os.pipe()  # close-on-exec, as Python makes them
+            self._close_fd = weakref.finalize(self, _close_pipe, self._fd, self._wfd)
             # Not at exit: operations aborted by _close_all may still post.
             self._close_fd.atexit = False
 
@@ -344,11 +344,10 @@ class CompletionPort(_PortBase):
             return out
 
     def _signal(self, readable: bool) -> None:
-        if sys.platform == "linux":
-            if readable:
-                os.eventfd_write(self._fd, 1)
-            else:
-                os.eventfd_read(self._fd)  # resets the counter to 0
+        if readable:
+            os.write(self._wfd, b"\0")
+        else:
+            os.read(self._fd, 1)
 
     def _post(self, op: Future) -> None:
         """Done-callback of every operation of this port: queue its completion."""
@@ -375,6 +374,11 @@ class CompletionPort(_PortBase):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
         return f"<CompletionPort {state} concurrency={self.concurrency}>"
+
+
+def _close_pipe(r: int, w: int) -> None:
+    os.close(r)
+    os.close(w)
 
 
 def _start(call: str, sock: socket.socket | None, fn: Callable[[], Any],

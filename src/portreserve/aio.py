@@ -5,8 +5,8 @@ port that belongs to the running event loop and stays open while any aio
 operation of that loop is in flight; so the loop never blocks, and no
 thread or descriptor is left once the last operation has finished.
 
-How the loop hears of completions: loop.add_reader on the port's eventfd,
-not a waiter thread.  The eventfd is readable exactly while completions are
+How the loop hears of completions: loop.add_reader on the port's pipe,
+not a waiter thread.  The pipe is readable exactly while completions are
 queued, so the selector loop itself is the waiter: one wake-up per batch of
 completions, drained by get(timeout=0), which never blocks, and no extra
 thread per loop.  A waiter thread would block in get() and hand each batch
