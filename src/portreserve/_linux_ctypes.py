@@ -146,7 +146,7 @@ def close_all(fds, count: int) -> None:
 
 def bound_ports(protocol: int) -> bytearray:
     """Ports with a socket of ``protocol`` bound, any state, IPv4 and IPv6."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):  # spelled out so that mypy sees it
         _raise(errno.ENOSYS)  # no sock_diag: as the shim
     taken = bytearray(65536)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
