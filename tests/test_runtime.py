@@ -2,7 +2,7 @@
 
 Each test reads like the reference pages' examples: reserve, bind, check
 from another process, release, check again.  Where macOS's kernel promises
-less (README.md, "Platforms") the test says so: XNU lets a process of the same
+less (README.md, "On macOS") the test says so: XNU lets a process of the same
 uid bind a held port on a specific address when it sets SO_REUSEADDR or
 SO_REUSEPORT, so the reuse checks are Linux's.
 """
@@ -359,10 +359,13 @@ def test_many_small_reservations_raise_the_descriptor_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
         held = [portreserve.reserve(n % 3 + 1, protocol=("tcp", "udp")[n % 2])
                 for n in range(300)]
-        print(len(held), resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 64)
+        print(len(held), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
     """)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["300", "True"]
+    held, soft, hard = map(int, out.stdout.split())
+    assert held == 300
+    # macOS refuses an unlimited hard limit as the soft one (engine: OPEN_MAX)
+    assert soft == hard if LINUX else soft > 64
 
 
 def test_cycles_leave_no_descriptors_behind():
