@@ -124,6 +124,21 @@ def test_large_reservation_does_not_stall_the_loop():
     assert len(during) >= 3, f"only {len(during)} ticks during the reservation"
 
 
+async def _started(lp, coro):
+    """Run ``coro`` as a task; return it and its operation once that has started.
+
+    The workers are blocked until the operation is queued, so it is the one seen.
+    """
+    unblock = _overlapped._block_workers(lp.port)
+    task = asyncio.create_task(coro)
+    queue = lp.port._workers._queue
+    await _until(lambda: queue, "the operation is queued")
+    op = queue[0]
+    unblock()
+    await _until(lambda: op.running() or op.done(), "the operation started")
+    return task, op
+
+
 def test_cancel_before_start_leaves_nothing():
     start = free_block(3)
 
@@ -150,13 +165,7 @@ def test_cancel_while_running_undoes_it():
 
     async def main():
         with aio._loop_port() as lp:
-            unblock = _overlapped._block_workers(lp.port)
-            task = asyncio.create_task(aio.reserve(10000))
-            queue = lp.port._workers._queue
-            await _until(lambda: queue, "the operation is queued")
-            op = queue[0]
-            unblock()
-            await _until(lambda: op.running() or op.done(), "the operation started")
+            task, op = await _started(lp, aio.reserve(10000))
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -172,13 +181,7 @@ def test_cancel_while_running_undoes_it():
 def test_cancelled_acquire_releases_the_socket_reservation():
     async def main(sock):
         with aio._loop_port() as lp:
-            unblock = _overlapped._block_workers(lp.port)
-            task = asyncio.create_task(aio.acquire_port_reservation(sock, 0, 3000))
-            queue = lp.port._workers._queue
-            await _until(lambda: queue, "the operation is queued")
-            op = queue[0]
-            unblock()
-            await _until(lambda: op.running() or op.done(), "the operation started")
+            task, op = await _started(lp, aio.acquire_port_reservation(sock, 0, 3000))
             task.cancel()
             await asyncio.sleep(0)
             task.cancel()  # again, while it waits for the operation to finish

@@ -424,26 +424,27 @@ def release_port_reservation_overlapped(
         sock: socket.socket, token: int, *,
         port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
     """SIO_RELEASE_PORT_RESERVATION, overlapped; the result is None."""
-    call = "release_port_reservation_overlapped"
-    _args.sock(call, sock)
-    _args.sock_protocol(call, sock)
-    token = _args.token(call, token)
-    if sys.platform == "win32":
-        return _overlapped_windows.release(call, sock, token, port, key)
-    return _start(call, sock, lambda: engine.release(sock, token), port, key)
+    return _token_call("release_port_reservation_overlapped", "release", sock, token, port, key)
 
 
 def associate_port_reservation_overlapped(
         sock: socket.socket, token: int, *,
         port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
     """SIO_ASSOCIATE_PORT_RESERVATION, overlapped; the result is None."""
-    call = "associate_port_reservation_overlapped"
+    return _token_call("associate_port_reservation_overlapped", "associate", sock, token,
+                       port, key)
+
+
+def _token_call(call: str, name: str, sock: socket.socket, token: int,
+                port: CompletionPort | None, key: Any) -> Overlapped:
+    """Release or associate (``name``, as the engines call it) by token, overlapped."""
     _args.sock(call, sock)
     _args.sock_protocol(call, sock)
     token = _args.token(call, token)
     if sys.platform == "win32":
-        return _overlapped_windows.associate(call, sock, token, port, key)
-    return _start(call, sock, lambda: engine.associate(sock, token), port, key)
+        return getattr(_overlapped_windows, name)(call, sock, token, port, key)
+    fn = getattr(engine, name)
+    return _start(call, sock, lambda: fn(sock, token), port, key)
 
 
 class _Plug:

@@ -61,8 +61,9 @@ def test_event_cancel(calls, sock):
         calls.op_free(op)
 
 
-def test_event_closesocket_while_pending(calls, sock):
-    op = _pending(calls, calls.NOTIFY_EVENT, sock)
+@pytest.mark.parametrize("notify", ["NOTIFY_EVENT", "NOTIFY_ROUTINE"])
+def test_closesocket_while_pending(calls, sock, notify):
+    op = _pending(calls, getattr(calls, notify), sock)
     try:
         sock.close()
         assert calls.op_wait(op, 5000) == 0
@@ -79,16 +80,6 @@ def test_routine_cancel(calls, sock):
         # The routine runs as an APC of this thread, inside the alertable wait.
         assert calls.op_wait(op, 5000) == 0
         assert calls.op_result(op) == (ERROR_OPERATION_ABORTED, 0)
-    finally:
-        calls.op_free(op)
-
-
-def test_routine_closesocket_while_pending(calls, sock):
-    op = _pending(calls, calls.NOTIFY_ROUTINE, sock)
-    try:
-        sock.close()
-        assert calls.op_wait(op, 5000) == 0
-        assert calls.op_result(op)[0] == ERROR_OPERATION_ABORTED
     finally:
         calls.op_free(op)
 
