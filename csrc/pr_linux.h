@@ -26,6 +26,12 @@ void pr_close_all(const int *fds, unsigned int count);
  * map has 65536 entries.  ENOSYS off Linux. */
 int pr_bound_ports(int protocol, unsigned char *map, int *err);
 
+/* Parse len bytes of one reply to that dump: set map[p] = 1 for the source
+ * port p of each socket message.  Returns 1 at the end of the dump, 0 when
+ * more replies follow, -1 with *err set for an error message (its errno) or
+ * a malformed one (EPROTO).  Safe on any bytes; buf needs no alignment. */
+int pr_parse_diag(const unsigned char *buf, size_t len, unsigned char *map, int *err);
+
 /* Hand the holder's port to the user's fresh socket with no window: copy the
  * user's socket options and file flags onto the holder, then dup3() it over
  * the user's descriptor (dup2() and then the close-on-exec flag off Linux).

@@ -119,33 +119,63 @@ def _hold_block(protocol: Protocol, start: int, count: int, fds) -> int:
     raise AssertionError("unreachable")
 
 
+# A bind that fails with one of these found the port taken: search on.
+_TAKEN = (errno.EADDRINUSE, errno.EACCES)
+
+
+def _reserved_spans() -> list[tuple[int, int]]:
+    """ip_local_reserved_ports: persistent blocks a wildcard search leaves alone."""
+    if not _LINUX:
+        return []
+    with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+        return parse_port_list(f.read())
+
+
 def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
-    """Find and hold a free block of ``count`` ports; return its start."""
+    """Find and hold a free block of ``count`` ports; return its start.
+
+    The binds are the only real check.  Cheap guesses come first: for one
+    port the kernel's own choice, for more a random start in the ephemeral
+    range.  Only when that collides do we ask the kernel which ports are
+    bound (a sock_diag dump, which walks every socket table of the kernel)
+    and search its map, ephemeral range first as Windows does, then every
+    unprivileged port.
+    """
     global _family
     type_ = protocol.socket_type
-    if count == 1:  # the kernel's own choice is the fastest search
+    if count == 1:
         try:
             fds[0], port = calls.hold_any(_family, type_)
             return port
         except OSError as exc:
-            if exc.errno != errno.EAFNOSUPPORT or _family != socket.AF_INET6:
+            if exc.errno == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
+                _family = socket.AF_INET
+                return _hold_wildcard(protocol, count, fds)
+            # The kernel looks in the ephemeral range only; when that is
+            # full (EADDRINUSE) the search below looks further.
+            if exc.errno not in _TAKEN:
                 raise _errors.from_errno(exc.errno, "reserve") from None
-            _family = socket.AF_INET
-            return _hold_wildcard(protocol, count, fds)
+    eph_lo, eph_hi = calls.port_range()
+    reserved = _reserved_spans()
+    if count > 1 and eph_hi - eph_lo + 1 >= count:
+        # A random start keeps concurrent searchers apart, also across fork
+        # (the random module reseeds itself in a child).
+        start = random.randint(eph_lo, eph_hi - count + 1)
+        if not any(lo < start + count and start <= hi for lo, hi in reserved):
+            n, err = _hold(type_, start, count, fds)
+            if n == count:
+                return start
+            if err not in _TAKEN:
+                raise _errors.from_errno(err, "reserve")
     try:
         taken = calls.bound_ports(_IPPROTO[protocol])
-    except OSError:  # no sock_diag (old kernel, seccomp): the binds still check
+    except OSError:  # no sock_diag (old kernel, seccomp, a bad reply): the binds still check
         taken = bytearray(65536)
-    if _LINUX:
-        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
-            for lo, hi in parse_port_list(f.read()):
-                taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
+    for lo, hi in reserved:
+        taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
     need = bytes(count)
-    eph_lo, eph_hi = calls.port_range()
-    # Ephemeral range first, as Windows does; then all unprivileged ports.
     for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
-        # A random starting point keeps concurrent searchers apart.
-        pos = _random.randint(lo, hi)
+        pos = random.randint(lo, hi)
         for first in (pos, lo):
             while True:
                 start = taken.find(need, first, hi + 1)
@@ -154,7 +184,7 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
                 n, err = _hold(type_, start, count, fds)
                 if n == count:
                     return start
-                if err not in (errno.EADDRINUSE, errno.EACCES):
+                if err not in _TAKEN:
                     raise _errors.from_errno(err, "reserve")
                 taken[start + n] = 1
                 first = start + n + 1

@@ -53,6 +53,15 @@ def bound_ports(protocol: int) -> bytearray:
     return taken
 
 
+def parse_diag(buf, taken: bytearray) -> bool:
+    """One reply of a sock_diag dump into taken; True at its end (tests, fuzzing)."""
+    err = ffi.new("int *")
+    rc = lib.pr_parse_diag(ffi.from_buffer(buf), len(buf), ffi.from_buffer(taken), err)
+    if rc < 0:
+        _raise(err[0])
+    return rc == 1
+
+
 def handoff_dup(holder: int, user: int) -> None:
     err = ffi.new("int *")
     if lib.pr_handoff_dup(holder, user, err) < 0:
