@@ -6,7 +6,9 @@ case another process then tries to take the ports it was given.
 
 from __future__ import annotations
 
+import errno
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +154,61 @@ for count in (1, 2):
 print('ok')
 """)
     assert out.strip() == "ok"
+
+
+# ---- the parser of the kernel's sock_diag replies (issue 16 item 11) ----
+
+CORPUS = Path(__file__).parent / "sanitize" / "corpus" / "diag"
+
+
+def _parsers():
+    from portreserve import _linux_ctypes
+    parsers = {"ctypes": _linux_ctypes}
+    try:
+        from portreserve import _linux_cffi
+        parsers["cffi"] = _linux_cffi
+    except ImportError:
+        pass
+    return parsers
+
+
+def _parse(parser, data: bytes):
+    taken = bytearray(65536)
+    try:
+        result = parser.parse_diag(data, taken)
+    except OSError as exc:
+        result = ("error", exc.errno)
+    return result, {p for p, v in enumerate(taken) if v}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.iterdir()))
+def test_kept_inputs_parse_alike_in_both_parsers(name):
+    # The fuzzers' seeds and the inputs they found (tests/sanitize/run.sh):
+    # each parser is safe on them and both give the same answer.
+    data = (CORPUS / name).read_bytes()
+    results = {label: _parse(parser, data) for label, parser in _parsers().items()}
+    assert len(set(map(repr, results.values()))) == 1, results
+    result, ports = results["ctypes"]
+    if name == "regress-unaligned-last-length":  # read, and nothing past its end
+        assert result is False and len(ports) == 1, (result, ports)
+    elif name.startswith("regress-"):  # malformed: refused as a protocol error
+        assert result == ("error", errno.EPROTO), result
+    elif name == "seed-error-eperm":
+        assert result == ("error", errno.EPERM) and not ports
+    elif name == "seed-done":
+        assert result is True and not ports
+    else:
+        assert ports and result is name.endswith("families"), (result, ports)
+
+
+def test_parser_on_a_real_dump():
+    # Both parsers read what the kernel really sends: a socket bound (never
+    # listened on) and one listening are in the map; a dump ends with True.
+    import socket
+    from portreserve._backend import calls
+    with socket.socket() as a, socket.socket(socket.AF_INET6) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("::", 0))
+        b.listen()
+        taken = calls.bound_ports(socket.IPPROTO_TCP)
+        assert taken[a.getsockname()[1]] and taken[b.getsockname()[1]]
