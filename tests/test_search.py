@@ -133,6 +133,32 @@ print('ok')
     assert out.strip() == "ok"
 
 
+def test_search_past_another_process_s_large_block():
+    # Holders are sockets only bound, which the first dump leaves out: the
+    # search meets them bind by bind until it asks for those alone.  Either
+    # way the block it returns is free and really held.
+    out = in_netns(PRELUDE + """
+sysctl('ip_local_port_range', '54000 54399')
+code = ("import portreserve, sys\\n"
+        "res = portreserve.reserve(300, start=54000)\\n"
+        "print('ready', flush=True)\\n"
+        "sys.stdin.read()\\n")
+other = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+try:
+    assert other.stdout.readline().strip() == 'ready'
+    for _ in range(10):
+        with portreserve.reserve(16) as res:
+            assert 54300 <= res.start and res.start + 15 <= 54399, res
+            assert others_can_bind(res.start + 15, 'tcp') == [], res
+finally:
+    other.stdin.close()
+    other.wait()
+print('ok')
+""")
+    assert out.strip() == "ok"
+
+
 def test_time_wait_ports_are_skipped_by_the_search():
     # A server that closes its connection first leaves its own port in
     # TIME_WAIT after the listener is gone: nothing is bound there, yet a
@@ -202,13 +228,16 @@ def test_kept_inputs_parse_alike_in_both_parsers(name):
 
 
 def test_parser_on_a_real_dump():
-    # Both parsers read what the kernel really sends: a socket bound (never
-    # listened on) and one listening are in the map; a dump ends with True.
+    # What the kernel really sends: a listening socket is in the first dump,
+    # a socket only bound (as a holder) in the dump of those alone.
     import socket
     from portreserve._backend import calls
     with socket.socket() as a, socket.socket(socket.AF_INET6) as b:
         a.bind(("127.0.0.1", 0))
         b.bind(("::", 0))
         b.listen()
+        bound, listening = a.getsockname()[1], b.getsockname()[1]
         taken = calls.bound_ports(socket.IPPROTO_TCP)
-        assert taken[a.getsockname()[1]] and taken[b.getsockname()[1]]
+        assert taken[listening] and not taken[bound]
+        assert calls.bound_ports(socket.IPPROTO_TCP, True, taken) is taken
+        assert taken[bound] and taken[listening]

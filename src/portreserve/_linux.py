@@ -131,15 +131,28 @@ def _reserved_spans() -> list[tuple[int, int]]:
         return parse_port_list(f.read())
 
 
+# About what the dump of bound-only TCP sockets costs, counted in binds.
+_BINDS_BEFORE_BOUND_ONLY_DUMP = 128
+
+
+def _bound_ports(proto: int, bound_only: bool, taken: bytearray) -> bytearray:
+    try:
+        return calls.bound_ports(proto, bound_only, taken)
+    except OSError:  # no sock_diag (old kernel, seccomp, a bad reply): the binds still check
+        return taken
+
+
 def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
     """Find and hold a free block of ``count`` ports; return its start.
 
     The binds are the only real check.  Cheap guesses come first: for one
     port the kernel's own choice, for more a random start in the ephemeral
     range.  Only when that collides do we ask the kernel which ports are
-    bound (a sock_diag dump, which walks every socket table of the kernel)
-    and search its map, ephemeral range first as Windows does, then every
-    unprivileged port.
+    bound (a sock_diag dump, which walks the kernel's socket tables of every
+    namespace) and search its map, ephemeral range first as Windows does,
+    then every unprivileged port.  TCP sockets that are only bound are
+    left out of that dump (the costly part) and found by the binds, unless
+    there are many.
     """
     global _family
     type_ = protocol.socket_type
@@ -167,13 +180,12 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
                 return start
             if err not in _TAKEN:
                 raise _errors.from_errno(err, "reserve")
-    try:
-        taken = calls.bound_ports(_IPPROTO[protocol])
-    except OSError:  # no sock_diag (old kernel, seccomp, a bad reply): the binds still check
-        taken = bytearray(65536)
+    proto = _IPPROTO[protocol]
+    taken = _bound_ports(proto, False, bytearray(65536))
     for lo, hi in reserved:
         taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
     need = bytes(count)
+    wasted = 0  # binds that failed since the dump
     for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
         pos = random.randint(lo, hi)
         for first in (pos, lo):
@@ -188,6 +200,11 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
                     raise _errors.from_errno(err, "reserve")
                 taken[start + n] = 1
                 first = start + n + 1
+                wasted += n + 1
+                if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP > wasted - n - 1:
+                    # Many ports only bound (other blocks' holders): their
+                    # dump costs less than finding them one bind at a time.
+                    _bound_ports(proto, True, taken)
     raise _errors.ReservationConflict(
         f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
 

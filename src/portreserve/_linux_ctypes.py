@@ -42,6 +42,7 @@ IP_LOCAL_PORT_RANGE = 51  # Linux 6.3
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 TCPDIAG_GETSOCK = 18  # the older request, both families in one dump (TCP only)
+_TCPF_BOUND_INACTIVE = 1 << 13  # bound-only TCP sockets, Linux 6.9+ (see pr_bound_ports)
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 
@@ -145,17 +146,25 @@ def close_all(fds, count: int) -> None:
                 pass
 
 
-def bound_ports(protocol: int) -> bytearray:
-    """Ports with a socket of ``protocol`` bound, any state, IPv4 and IPv6."""
+def bound_ports(protocol: int, bound_only: bool = False,
+                taken: bytearray | None = None) -> bytearray:
+    """Mark in ``taken`` (or a new map) the ports with a socket of ``protocol``.
+
+    IPv4 and IPv6, every state except TCP sockets that are only bound;
+    ``bound_only``: those alone (see pr_bound_ports in the shim for why).
+    """
     if not sys.platform.startswith("linux"):  # spelled out so that mypy sees it
         _raise(errno.ENOSYS)  # no sock_diag: as the shim
-    taken = bytearray(65536)
+    if taken is None:
+        taken = bytearray(65536)
+    if bound_only and protocol != socket.IPPROTO_TCP:
+        return taken
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         if protocol == socket.IPPROTO_TCP:
-            # The older inet_diag_req: one walk for IPv4 and IPv6 together
-            # (family 0), every state, TIME_WAIT and bound-only included.
+            # The older inet_diag_req: one walk for IPv4 and IPv6 together.
+            states = _TCPF_BOUND_INACTIVE if bound_only else 0xFFFFFFFF & ~_TCPF_BOUND_INACTIVE
             _dump(nl, struct.pack("=IHHII 4x48xII", 76, TCPDIAG_GETSOCK,
-                                  NLM_F_REQUEST | NLM_F_DUMP, 0, 0, 0xFFFFFFFF, 0), taken)
+                                  NLM_F_REQUEST | NLM_F_DUMP, 0, 0, states, 0), taken)
         else:
             for family in (socket.AF_INET, socket.AF_INET6):
                 # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad,
