@@ -389,8 +389,12 @@ def set_local_port_range(fd: int, lo: int, hi: int) -> None:
 def port_range() -> tuple[int, int]:
     """The range the kernel picks automatic ports from."""
     if _LINUX:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = f.read().split()
+        # Plain reads, as the shim's: open() costs twice as much.
+        fd = os.open("/proc/sys/net/ipv4/ip_local_port_range", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            lo, hi = os.read(fd, 64).split()
+        finally:
+            os.close(fd)
         return int(lo), int(hi)
     libc = ctypes.CDLL(None, use_errno=True)
     out = []
