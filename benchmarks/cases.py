@@ -47,7 +47,9 @@ def _guarded(results: dict, name: str, fn) -> None:
     try:
         results[name] = fn()
     except Exception as exc:  # noqa: BLE001 - a skipped case is reported, not fatal
-        results[name] = f"skipped: {type(exc).__name__}: {exc}"
+        text = str(exc)
+        results[name] = text if text.startswith("not measured") else \
+            f"skipped: {type(exc).__name__}: {text}"
 
 
 # ---- cffi vs ctypes: one child per backend (PORTRESERVE_BACKEND is set) ----
@@ -66,8 +68,16 @@ def backend(rounds: int, iters: int) -> dict:
             res.release()
         return op
 
+    def default_cycle():
+        # The call as README shows it: the default family of Reservation.socket().
+        res = portreserve.reserve(1)
+        s = res.socket()
+        s.close()
+        res.release()
+
+    out["cycle"] = measure(default_cycle, rounds, iters)
     # AF_INET6 on the wildcard address takes the descriptor swap; AF_INET
-    # (Reservation.socket's default) the SO_REUSEPORT hand-off.
+    # the SO_REUSEPORT hand-off.
     out["cycle6"] = measure(cycle(socket.AF_INET6), rounds, iters)
     out["cycle4"] = measure(cycle(socket.AF_INET), rounds, iters)
     for count in (1, 16, 256, 1024, 10000):
@@ -83,10 +93,59 @@ def backend(rounds: int, iters: int) -> dict:
             s.close()
         out["bind_block"] = measure(bind_from_block, rounds, iters)
 
+    with portreserve.reserve(256) as res:
+        # 255 ports handed out and kept: each take has to find the one port
+        # that comes back (no step may grow with the ports handed out).
+        kept = [res.socket(socket.AF_INET6) for _ in range(255)]
+        out["bind_full_block"] = measure(bind_from_block, rounds, iters)
+        for s in kept:
+            s.close()
+
+    _guarded(out, "popen", lambda: _popen(portreserve, rounds, iters))
+    _guarded(out, "fixture", lambda: _fixture(rounds, iters))
+
     _guarded(out, "persistent", lambda: _persistent(portreserve, rounds, iters))
     _guarded(out, "overlapped", lambda: _overlapped(rounds, iters))
     _guarded(out, "aio", lambda: _aio(rounds, iters))
     return out
+
+
+def _popen(portreserve, rounds: int, iters: int) -> list[float]:
+    """reserve(1), Reservation.popen of a child given the port by number, wait, release."""
+    if not hasattr(portreserve.Reservation, "popen"):
+        raise RuntimeError("not measured: Reservation.popen is not in this build")
+    argv = ["true"]
+
+    def op():
+        with portreserve.reserve(1) as res:
+            res.popen(argv).wait()
+    return measure(op, rounds, max(iters // 50, 3))
+
+
+def _fixture(rounds: int, iters: int) -> list[float]:
+    """Per test: a pytest test taking reserved_tcp_port, less the same test without it."""
+    import importlib.util
+    if importlib.util.find_spec("portreserve.pytest_plugin") is None:
+        raise RuntimeError("not measured: portreserve.pytest_plugin is not in this build")
+    import tempfile
+    n = max(iters // 5, 20)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, arg in (("with", "reserved_tcp_port"), ("without", "")):
+            with open(os.path.join(tmp, f"test_{name}.py"), "w") as f:
+                f.write("import pytest\n"
+                        f"@pytest.mark.parametrize('i', range({n}))\n"
+                        f"def test_it(i{', ' + arg if arg else ''}):\n    pass\n")
+        for _ in range(rounds):
+            took = {}
+            for name in ("with", "without"):
+                t0 = time.perf_counter_ns()
+                subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                os.path.join(tmp, f"test_{name}.py")],
+                               check=True, capture_output=True, timeout=300)
+                took[name] = time.perf_counter_ns() - t0
+            times.append((took["with"] - took["without"]) / n / 1e3)
+    return times
 
 
 def _persistent(portreserve, rounds: int, iters: int) -> list[float]:
@@ -149,8 +208,35 @@ def peers(rounds: int, iters: int) -> dict:
     out: dict = {}
     n = max(iters // 4, 10)  # ephemeral_port_reserve leaves a TIME_WAIT each call
 
+    def python_floor():
+        # What every bind-then-close picker does at the least.
+        s = socket.socket()
+        s.bind(("", 0))
+        s.close()
+
+    out["python_floor"] = measure(python_floor, rounds, iters)
+
+    def popen_floor():
+        subprocess.Popen(["true"]).wait()
+
+    out["popen_floor"] = measure(popen_floor, rounds, max(iters // 50, 3))
+
     def portpicker_case():
+        # Its memory of the ports it handed out cleared before each call,
+        # so every call is a first one.
         import portpicker
+
+        def op():
+            portpicker._random_ports.clear()
+            portpicker.pick_unused_port()
+        return measure(op, rounds, n)
+
+    def portpicker_5000():
+        # As a long test session sees it: 5,000 calls made in this process.
+        import portpicker
+        portpicker._random_ports.clear()
+        for _ in range(5000):
+            portpicker.pick_unused_port()
         return measure(portpicker.pick_unused_port, rounds, n)
 
     def epr_case():
@@ -162,6 +248,7 @@ def peers(rounds: int, iters: int) -> dict:
         return measure(port_for.select_random, rounds, n)
 
     _guarded(out, "portpicker", portpicker_case)
+    _guarded(out, "portpicker_5000", portpicker_5000)
     _guarded(out, "ephemeral_port_reserve", epr_case)
     _guarded(out, "port_for", port_for_case)
     return out
@@ -217,6 +304,12 @@ def busy_measure(rounds: int) -> dict:
     for count in (16, 256):
         out[f"wildcard_{count}"] = measure(lambda: portreserve.reserve(count).release(),
                                            rounds, 3)
+    # The search's dump and parse alone (the part where the parse runs in C
+    # or in Python), and the dump of bound-only sockets it may add.
+    from portreserve._backend import calls
+    out["dump"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP), rounds, 3)
+    out["dump_bound_only"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP, True),
+                                     rounds, 3)
     return out
 
 

@@ -103,6 +103,15 @@ static void cycle_min(void)
     close(user);
 }
 
+/* reserve(1).release(): a holder on a port the kernel picks, closed. */
+static void hold_any_1(void)
+{
+    int err, h;
+    if (pr_hold_any(AF_INET6, SOCK_STREAM, &h, &err) < 0)
+        die("pr_hold_any");
+    close(h);
+}
+
 static unsigned int hold_count, hold_start;
 
 /* A start where `count` ports are free now (idle host: a few tries). */
@@ -199,6 +208,7 @@ int main(int argc, char **argv)
         measure("cycle6_shim", cycle6_shim, iters);
         measure("cycle4_shim", cycle4_shim, iters);
         measure("cycle_min", cycle_min, iters);
+        measure("hold_any_1", hold_any_1, iters);
         for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
             hold_count = counts[i];
             if (hold_count > rl.rlim_cur - 16)
