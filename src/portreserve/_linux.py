@@ -232,9 +232,20 @@ class Block:
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
-        with _lock:
-            self.token = _new_token()
-            _blocks[self.token] = self
+        self._token = 0  # drawn when first read: most blocks are never looked up
+
+    @property
+    def token(self) -> int:
+        """The block's token, registered in _blocks the first time it is read
+        (nobody can look up a token they never saw)."""
+        if not self._token:
+            with _lock:
+                if not self._token:
+                    token = _new_token()
+                    if not self.closed:
+                        _blocks[token] = self
+                    self._token = token
+        return self._token
 
     def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
         """Hand a port of the block (``port``, or any if 0) to ``sock``."""
@@ -293,8 +304,9 @@ class Block:
                 return
             self.closed = True
             calls.close_all(self._fds, self.count)
-        with _lock:
-            _blocks.pop(self.token, None)
+        with _lock:  # against a first read of token in another thread
+            if self._token:
+                _blocks.pop(self._token, None)
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
