@@ -307,8 +307,8 @@ def busy_measure(rounds: int) -> dict:
     # The search's dump and parse alone (the part where the parse runs in C
     # or in Python), and the dump of bound-only sockets it may add.
     from portreserve._backend import calls
-    out["dump"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP), rounds, 3)
-    out["dump_bound_only"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP, True),
+    out["dump"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP, 1), rounds, 3)
+    out["dump_bound_only"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP, 2),
                                      rounds, 3)
     return out
 

@@ -148,7 +148,7 @@ static void wildcard(void)
     int err, n, wasted = 0;
     unsigned int p, run = 0;
     memset(map, 0, sizeof map);
-    if (pr_bound_ports(IPPROTO_TCP, 0, map, &err) < 0)
+    if (pr_bound_ports(IPPROTO_TCP, 1, map, &err) < 0)
         die("pr_bound_ports");
     for (p = 32768; p < 65536; p++) {
         run = map[p] ? 0 : run + 1;
@@ -161,7 +161,7 @@ static void wildcard(void)
         }
         map[p + 1 - hold_count + n] = 1;
         if (wasted < 128 && (wasted += n + 1) >= 128 &&
-            pr_bound_ports(IPPROTO_TCP, 1, map, &err) < 0)
+            pr_bound_ports(IPPROTO_TCP, 2, map, &err) < 0)
             die("pr_bound_ports");
         p = p + 1 - hold_count + n;
         run = 0;
@@ -172,7 +172,7 @@ static void wildcard(void)
 static void dump(void)
 {
     int err;
-    if (pr_bound_ports(IPPROTO_TCP, 0, map, &err) < 0)
+    if (pr_bound_ports(IPPROTO_TCP, 1, map, &err) < 0)
         die("pr_bound_ports");
 }
 
@@ -180,7 +180,7 @@ static void dump(void)
 static void dump_bound_only(void)
 {
     int err;
-    if (pr_bound_ports(IPPROTO_TCP, 1, map, &err) < 0)
+    if (pr_bound_ports(IPPROTO_TCP, 2, map, &err) < 0)
         die("pr_bound_ports");
 }
 

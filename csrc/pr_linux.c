@@ -153,7 +153,7 @@ void pr_close_all(const int *fds, unsigned int count)
 /* TCP sockets bound and never listened on or connected (TCP_BOUND_INACTIVE,
  * Linux 6.9+).  Dumping them walks the kernel's whole bind table, every
  * namespace's: that walk cost more than the dump of all other states
- * together, so they get a request of their own, made only when needed. */
+ * together, so the search asks for them apart, and only when needed. */
 #define PR_TCPF_BOUND_INACTIVE (1u << 13)
 
 int pr_parse_diag(const unsigned char *buf, size_t len, unsigned char *map, int *err)
@@ -228,7 +228,7 @@ static int dump(int nl, const void *req, size_t size, unsigned char *map, int *e
     }
 }
 
-int pr_bound_ports(int protocol, int bound_only, unsigned char *map, int *err)
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err)
 {
     struct {
         struct nlmsghdr nlh;
@@ -239,8 +239,8 @@ int pr_bound_ports(int protocol, int bound_only, unsigned char *map, int *err)
         struct inet_diag_req req;
     } tcp;
     int nl, rc;
-    if (bound_only && protocol != IPPROTO_TCP)
-        return 0; /* the first dump had them all */
+    if (which == 2 && protocol != IPPROTO_TCP)
+        return 0; /* no such UDP sockets: the other dumps have them all */
     nl = cloexec_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
     if (nl < 0)
         return fail(err);
@@ -250,7 +250,9 @@ int pr_bound_ports(int protocol, int bound_only, unsigned char *map, int *err)
         tcp.nlh.nlmsg_len = sizeof tcp;
         tcp.nlh.nlmsg_type = PR_TCPDIAG_GETSOCK;
         tcp.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-        tcp.req.idiag_states = bound_only ? PR_TCPF_BOUND_INACTIVE : ~PR_TCPF_BOUND_INACTIVE;
+        tcp.req.idiag_states = which == 2   ? PR_TCPF_BOUND_INACTIVE
+                               : which == 1 ? ~PR_TCPF_BOUND_INACTIVE
+                                            : ~0u;
         rc = dump(nl, &tcp, sizeof tcp, map, err);
     } else {
         memset(&msg, 0, sizeof msg);
@@ -270,10 +272,10 @@ int pr_bound_ports(int protocol, int bound_only, unsigned char *map, int *err)
     return rc;
 }
 #else
-int pr_bound_ports(int protocol, int bound_only, unsigned char *map, int *err)
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err)
 {
     (void)protocol;
-    (void)bound_only;
+    (void)which;
     (void)map;
     *err = ENOSYS;
     return -1;

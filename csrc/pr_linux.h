@@ -23,11 +23,11 @@ void pr_close_all(const int *fds, unsigned int count);
 /* Set map[p] = 1 for every port p that has a socket of `protocol`
  * (IPPROTO_TCP or IPPROTO_UDP) bound in this network namespace, IPv4 and IPv6,
  * through a NETLINK_SOCK_DIAG dump (TCP: one request for both families).
- * bound_only = 0: sockets in every state (TIME_WAIT included) except TCP
- * sockets that are only bound (never listened on or connected: holders are);
- * bound_only = 1: those alone (nothing to do for UDP).  map has 65536
- * entries.  ENOSYS off Linux. */
-int pr_bound_ports(int protocol, int bound_only, unsigned char *map, int *err);
+ * which = 0: sockets in every state, TIME_WAIT included; 1: all of those but
+ * TCP sockets that are only bound (never listened on or connected, as
+ * holders), whose part of the dump costs the most; 2: those alone (nothing
+ * to do for UDP).  map has 65536 entries.  ENOSYS off Linux. */
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err);
 
 /* Parse len bytes of one reply to that dump: set map[p] = 1 for the source
  * port p of each socket message.  Returns 1 at the end of the dump, 0 when

@@ -143,9 +143,13 @@ def _reserved_spans() -> list[tuple[int, int]]:
 _BINDS_BEFORE_BOUND_ONLY_DUMP = 128
 
 
-def _bound_ports(proto: int, bound_only: bool, taken: bytearray) -> bytearray:
+# calls.bound_ports(which=): all but the TCP sockets only bound, or those alone.
+_DUMP_ACTIVE, _DUMP_BOUND_ONLY = 1, 2
+
+
+def _bound_ports(proto: int, which: int, taken: bytearray) -> bytearray:
     try:
-        return calls.bound_ports(proto, bound_only, taken)
+        return calls.bound_ports(proto, which, taken)
     except OSError:  # no sock_diag (old kernel, seccomp, a bad reply): the binds still check
         return taken
 
@@ -189,7 +193,7 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
             if err not in _TAKEN:
                 raise _errors.from_errno(err, "reserve")
     proto = _IPPROTO[protocol]
-    taken = _bound_ports(proto, False, bytearray(65536))
+    taken = _bound_ports(proto, _DUMP_ACTIVE, bytearray(65536))
     for lo, hi in reserved:
         taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
     need = bytes(count)
@@ -212,7 +216,7 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
                 if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP > wasted - n - 1:
                     # Many ports only bound (other blocks' holders): their
                     # dump costs less than finding them one bind at a time.
-                    _bound_ports(proto, True, taken)
+                    _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
     raise _errors.ReservationConflict(
         f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
 

@@ -45,12 +45,11 @@ def close_all(fds, count: int) -> None:
     lib.pr_close_all(fds, count)
 
 
-def bound_ports(protocol: int, bound_only: bool = False,
-                taken: bytearray | None = None) -> bytearray:
+def bound_ports(protocol: int, which: int = 0, taken: bytearray | None = None) -> bytearray:
     if taken is None:
         taken = bytearray(65536)
     err = ffi.new("int *")
-    if lib.pr_bound_ports(protocol, bound_only, ffi.from_buffer(taken), err) < 0:
+    if lib.pr_bound_ports(protocol, which, ffi.from_buffer(taken), err) < 0:
         _raise(err[0])
     return taken
 

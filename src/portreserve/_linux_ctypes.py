@@ -146,23 +146,22 @@ def close_all(fds, count: int) -> None:
                 pass
 
 
-def bound_ports(protocol: int, bound_only: bool = False,
-                taken: bytearray | None = None) -> bytearray:
+def bound_ports(protocol: int, which: int = 0, taken: bytearray | None = None) -> bytearray:
     """Mark in ``taken`` (or a new map) the ports with a socket of ``protocol``.
 
-    IPv4 and IPv6, every state except TCP sockets that are only bound;
-    ``bound_only``: those alone (see pr_bound_ports in the shim for why).
+    IPv4 and IPv6, every state; ``which`` 1: all but TCP sockets that are
+    only bound, 2: those alone (pr_bound_ports in the shim says why).
     """
     if not sys.platform.startswith("linux"):  # spelled out so that mypy sees it
         _raise(errno.ENOSYS)  # no sock_diag: as the shim
     if taken is None:
         taken = bytearray(65536)
-    if bound_only and protocol != socket.IPPROTO_TCP:
+    if which == 2 and protocol != socket.IPPROTO_TCP:
         return taken
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         if protocol == socket.IPPROTO_TCP:
             # The older inet_diag_req: one walk for IPv4 and IPv6 together.
-            states = _TCPF_BOUND_INACTIVE if bound_only else 0xFFFFFFFF & ~_TCPF_BOUND_INACTIVE
+            states = (0xFFFFFFFF, 0xFFFFFFFF & ~_TCPF_BOUND_INACTIVE, _TCPF_BOUND_INACTIVE)[which]
             _dump(nl, struct.pack("=IHHII 4x48xII", 76, TCPDIAG_GETSOCK,
                                   NLM_F_REQUEST | NLM_F_DUMP, 0, 0, states, 0), taken)
         else:
