@@ -75,12 +75,25 @@ def backend(rounds: int, iters: int) -> dict:
         s.close()
         res.release()
 
-    out["cycle"] = measure(default_cycle, rounds, iters)
-    # AF_INET6 on the wildcard address takes the descriptor swap; AF_INET
-    # the SO_REUSEPORT hand-off.
-    out["cycle6"] = measure(cycle(socket.AF_INET6), rounds, iters)
-    out["cycle4"] = measure(cycle(socket.AF_INET), rounds, iters)
-    for count in (1, 16, 256, 1024, 10000):
+    def python_floor():
+        # What every bind-then-close picker does at the least.
+        s = socket.socket()
+        s.bind(("", 0))
+        s.close()
+
+    def reserve_1():
+        portreserve.reserve(1).release()
+
+    # Measured round by round in turn, so that the ratios between them
+    # (the targets) see the same load.  AF_INET6 on the wildcard address
+    # takes the descriptor swap; AF_INET the SO_REUSEPORT hand-off.
+    cases = {"python_floor": (None, python_floor, iters), "reserve_1": (None, reserve_1, iters),
+             "cycle": (None, default_cycle, iters),
+             "cycle6": (None, cycle(socket.AF_INET6), iters),
+             "cycle4": (None, cycle(socket.AF_INET), iters)}
+    cases.update(_portpicker_cases(max(iters // 4, 10)))
+    out.update(interleaved(cases, rounds))
+    for count in (16, 256, 1024, 10000):
         def reserve_release(count=count):
             portreserve.reserve(count).release()
         out[f"reserve_{count}"] = measure(reserve_release, rounds,
@@ -101,7 +114,7 @@ def backend(rounds: int, iters: int) -> dict:
         for s in kept:
             s.close()
 
-    _guarded(out, "popen", lambda: _popen(portreserve, rounds, iters))
+    out.update(_popen(portreserve, rounds, iters))
     _guarded(out, "fixture", lambda: _fixture(rounds, iters))
 
     _guarded(out, "persistent", lambda: _persistent(portreserve, rounds, iters))
@@ -110,16 +123,83 @@ def backend(rounds: int, iters: int) -> dict:
     return out
 
 
-def _popen(portreserve, rounds: int, iters: int) -> list[float]:
-    """reserve(1), Reservation.popen of a child given the port by number, wait, release."""
+def interleaved(cases: dict, rounds: int) -> dict:
+    """measure() for several cases, taking turns round by round.
+
+    cases: name -> (setup or None, op, calls per round); setup runs before
+    each round, untimed.  A case that cannot run is reported as skipped.
+    """
+    out: dict = {}
+    for name, (setup, op, _) in list(cases.items()):
+        try:
+            if setup:
+                setup()
+            op()  # warm up
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            out[name] = f"skipped: {type(exc).__name__}: {exc}"
+            del cases[name]
+    for name in cases:
+        out[name] = []
+    for _ in range(rounds):
+        for name, (setup, op, n) in cases.items():
+            if setup:
+                setup()
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                op()
+            out[name].append((time.perf_counter_ns() - t0) / n / 1e3)
+    return out
+
+
+def _portpicker_cases(calls: int) -> dict:
+    """portpicker.pick_unused_port() with its memory of handed-out ports
+    cleared for each call, and as it is after 5,000 calls in one process."""
+    try:
+        import portpicker
+    except ImportError as exc:
+        return {"portpicker": (None, _fail(exc), 1), "portpicker_5000": (None, _fail(exc), 1)}
+    portpicker._random_ports.clear()
+    for _ in range(5000):
+        portpicker.pick_unused_port()
+    after_5000 = set(portpicker._random_ports)
+
+    def cleared():
+        kept = portpicker._random_ports
+        portpicker._random_ports = set()
+        try:
+            portpicker.pick_unused_port()
+        finally:
+            portpicker._random_ports = kept
+
+    def back_to_5000():  # each round starts from the same 5,000 ports remembered
+        portpicker._random_ports = set(after_5000)
+
+    return {"portpicker": (None, cleared, calls),
+            "portpicker_5000": (back_to_5000, portpicker.pick_unused_port, calls)}
+
+
+def _fail(exc):
+    def op():
+        raise exc
+    return op
+
+
+def _popen(portreserve, rounds: int, iters: int) -> dict:
+    """reserve(1), Reservation.popen of a child given the port by number,
+    wait, release; in turn with a plain Popen of the same child."""
     if not hasattr(portreserve.Reservation, "popen"):
-        raise RuntimeError("not measured: Reservation.popen is not in this build")
+        return {"popen": "not measured: Reservation.popen is not in this build"}
     argv = ["true"]
 
     def op():
         with portreserve.reserve(1) as res:
             res.popen(argv).wait()
-    return measure(op, rounds, max(iters // 50, 3))
+
+    def floor():
+        subprocess.Popen(argv).wait()
+
+    n = max(iters // 50, 3)
+    return interleaved({"popen_floor": (None, floor, n), "popen": (None, op, n)}, rounds)
 
 
 def _fixture(rounds: int, iters: int) -> list[float]:
@@ -208,37 +288,6 @@ def peers(rounds: int, iters: int) -> dict:
     out: dict = {}
     n = max(iters // 4, 10)  # ephemeral_port_reserve leaves a TIME_WAIT each call
 
-    def python_floor():
-        # What every bind-then-close picker does at the least.
-        s = socket.socket()
-        s.bind(("", 0))
-        s.close()
-
-    out["python_floor"] = measure(python_floor, rounds, iters)
-
-    def popen_floor():
-        subprocess.Popen(["true"]).wait()
-
-    out["popen_floor"] = measure(popen_floor, rounds, max(iters // 50, 3))
-
-    def portpicker_case():
-        # Its memory of the ports it handed out cleared before each call,
-        # so every call is a first one.
-        import portpicker
-
-        def op():
-            portpicker._random_ports.clear()
-            portpicker.pick_unused_port()
-        return measure(op, rounds, n)
-
-    def portpicker_5000():
-        # As a long test session sees it: 5,000 calls made in this process.
-        import portpicker
-        portpicker._random_ports.clear()
-        for _ in range(5000):
-            portpicker.pick_unused_port()
-        return measure(portpicker.pick_unused_port, rounds, n)
-
     def epr_case():
         import ephemeral_port_reserve
         return measure(ephemeral_port_reserve.reserve, rounds, n)
@@ -247,8 +296,6 @@ def peers(rounds: int, iters: int) -> dict:
         import port_for
         return measure(port_for.select_random, rounds, n)
 
-    _guarded(out, "portpicker", portpicker_case)
-    _guarded(out, "portpicker_5000", portpicker_5000)
     _guarded(out, "ephemeral_port_reserve", epr_case)
     _guarded(out, "port_for", port_for_case)
     return out
