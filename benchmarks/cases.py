@@ -202,29 +202,55 @@ def _popen(portreserve, rounds: int, iters: int) -> dict:
     return interleaved({"popen_floor": (None, floor, n), "popen": (None, op, n)}, rounds)
 
 
+_FIXTURE_CONFTEST = """
+import json, os, time
+import pytest
+
+times = {"with": [], "without": []}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    t0 = time.perf_counter_ns()
+    yield
+    times[item.name.split("_")[1]].append((time.perf_counter_ns() - t0) / 1e3)
+
+
+def pytest_sessionfinish(session):
+    with open(os.environ["PORTRESERVE_BENCH_OUT"], "w") as f:
+        json.dump(times, f)
+"""
+
+
 def _fixture(rounds: int, iters: int) -> list[float]:
-    """Per test: a pytest test taking reserved_tcp_port, less the same test without it."""
+    """Per test: a test taking reserved_tcp_port, less the same test without it.
+
+    One pytest session per round, the two kinds of test alternating; each
+    test's whole run protocol is timed by a hook, and the difference of the
+    medians is the fixture's cost (setup and teardown included).
+    """
     import importlib.util
+    import statistics
+    import tempfile
     if importlib.util.find_spec("portreserve.pytest_plugin") is None:
         raise RuntimeError("not measured: portreserve.pytest_plugin is not in this build")
-    import tempfile
     n = max(iters // 5, 20)
     times = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, arg in (("with", "reserved_tcp_port"), ("without", "")):
-            with open(os.path.join(tmp, f"test_{name}.py"), "w") as f:
-                f.write("import pytest\n"
-                        f"@pytest.mark.parametrize('i', range({n}))\n"
-                        f"def test_it(i{', ' + arg if arg else ''}):\n    pass\n")
+        with open(os.path.join(tmp, "conftest.py"), "w") as f:
+            f.write(_FIXTURE_CONFTEST)
+        with open(os.path.join(tmp, "test_fixture_cost.py"), "w") as f:
+            for i in range(n):
+                f.write(f"def test_with_{i}(reserved_tcp_port):\n    pass\n\n\n"
+                        f"def test_without_{i}():\n    pass\n\n\n")
+        out = os.path.join(tmp, "times.json")
         for _ in range(rounds):
-            took = {}
-            for name in ("with", "without"):
-                t0 = time.perf_counter_ns()
-                subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                os.path.join(tmp, f"test_{name}.py")],
-                               check=True, capture_output=True, timeout=300)
-                took[name] = time.perf_counter_ns() - t0
-            times.append((took["with"] - took["without"]) / n / 1e3)
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "--rootdir", tmp, tmp], check=True, capture_output=True,
+                           timeout=300, env=dict(os.environ, PORTRESERVE_BENCH_OUT=out))
+            with open(out) as f:
+                got = json.load(f)
+            times.append(statistics.median(got["with"]) - statistics.median(got["without"]))
     return times
 
 
