@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The parsers of sock_diag replies fuzzed, and the Linux suite run on a shim
 # built with ASan and UBSan.  Bounded: each fuzzer runs FUZZ_SECONDS (default
-# 60), the sanitized suite at most SUITE_SECONDS (default 600).
+# 60), the sanitized tests at most SUITE_SECONDS (default 600; they take
+# about two minutes here).
 #
 # Usage, from the repository root with the test environment active (the
 # package installed with its test extras: python, cffi, pytest):
@@ -77,4 +78,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=86
 export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}" PORTRESERVE_BACKEND=cffi
 "$python" -c 'import sys, portreserve._pr_cffi as m; assert m.__file__.startswith(sys.argv[1]), m.__file__' \
     "$work/site"
-timeout "$suite_seconds" "$python" -m pytest -q -p no:cacheprovider tests
+# The test files that drive the shim (the others test Python layers above
+# it, or Windows); those that this checkout lacks are left out.
+files=()
+for f in test_backends test_runtime test_search test_args test_persistent test_handoff \
+         test_bad_input test_tokens; do
+    [ -f "tests/$f.py" ] && files+=("tests/$f.py")
+done
+timeout "$suite_seconds" "$python" -m pytest -q -p no:cacheprovider "${files[@]}"
