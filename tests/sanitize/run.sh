@@ -26,6 +26,11 @@ mkdir -p "$artifacts"
 
 step() { printf '\n=== sanitize: %s\n' "$*"; }
 
+"$python" -c 'import portreserve, pytest, cffi' || {
+    echo "sanitize: $python lacks portreserve, pytest or cffi: activate the test environment"
+    exit 1
+}
+
 fuzzer_ok() {
     printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' \
         > "$work/probe.c"
