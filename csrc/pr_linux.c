@@ -488,7 +488,7 @@ int pr_port_range(unsigned int *lo, unsigned int *hi, int *err)
  * still shuts everybody out. */
 int pr_readopt(int fd, int reset_options, int *err)
 {
-    int family, type, off = 0, flags;
+    int family, type, off = 0, flags, reuseport = 0;
     unsigned int drained = 0;
     struct sockaddr_storage sa;
     socklen_t len = sizeof type, salen = sizeof sa;
@@ -502,7 +502,9 @@ int pr_readopt(int fd, int reset_options, int *err)
         *err = EISCONN;
         return -1;
     }
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0 ||
+    len = sizeof reuseport;
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &reuseport, &len) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off) < 0)
         return fail(err);
 #ifdef __linux__
@@ -531,6 +533,13 @@ int pr_readopt(int fd, int reset_options, int *err)
     memset(&sa, 0, sizeof sa);
     sa.ss_family = AF_UNSPEC;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EAFNOSUPPORT)
+        return fail(err);
+    /* A TCP socket that listened with SO_REUSEPORT left Linux's bind bucket
+     * letting our uid's SO_REUSEPORT binds skip the conflict check
+     * (tb->fastreuseport); a listen() without the flag resets that.  It
+     * fails while TIME_WAIT connections of the port bar it: best effort. */
+    if (type == SOCK_STREAM && reuseport && listen(fd, 1) == 0 &&
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return fail(err);
     flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)

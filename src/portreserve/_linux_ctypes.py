@@ -450,6 +450,7 @@ def readopt(fd: int, reset_options: bool) -> None:
                 except OSError as exc:
                     if exc.errno != errno.ENOTCONN:
                         raise
+            reuseport = s.getsockopt(_SOL, socket.SO_REUSEPORT)
             s.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
             s.setsockopt(_SOL, socket.SO_REUSEPORT, 0)
             if _LINUX and s.getsockopt(_SOL, 25, 16).strip(b"\0"):  # SO_BINDTODEVICE
@@ -463,6 +464,17 @@ def readopt(fd: int, reset_options: bool) -> None:
         finally:
             s.detach()
         _disconnect(fd)
+        if type == _STREAM and reuseport:
+            # Reset Linux's SO_REUSEPORT bind cache (see pr_readopt); best effort.
+            s = _wrap(fd)
+            try:
+                s.listen(1)
+            except OSError:
+                pass
+            else:
+                _disconnect(fd)
+            finally:
+                s.detach()
         os.set_blocking(fd, True)
         if type == _DGRAM:
             h = _wrap(fd)
