@@ -3,6 +3,7 @@
  * rest builds on macOS too (README.md, "On macOS"). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -631,5 +632,32 @@ int pr_open_input(int fd, int rcvbuf, int *err)
 #endif
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) < 0)
         return fail(err);
+    return 0;
+}
+
+/* state: a flag byte, then the saved mask (sigset_t fits in 128 bytes on
+ * every system we build for). */
+int pr_hold_signals(unsigned char *state, int *err)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    /* sigprocmask: Linux's and macOS's act on the calling thread, and
+     * pthread_sigmask would need libpthread on old C libraries. */
+    if (sigprocmask(SIG_BLOCK, &all, &old) < 0)
+        return fail(err);
+    memcpy(state + 8, &old, sizeof old < 128 ? sizeof old : 128);
+    state[0] = 1;
+    return 0;
+}
+
+int pr_restore_signals(unsigned char *state, int *err)
+{
+    sigset_t old;
+    if (!state[0])
+        return 0;
+    memcpy(&old, state + 8, sizeof old < 128 ? sizeof old : 128);
+    if (sigprocmask(SIG_SETMASK, &old, NULL) < 0)
+        return fail(err);
+    state[0] = 0;
     return 0;
 }

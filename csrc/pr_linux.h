@@ -75,3 +75,11 @@ int pr_rehold(int family, int type, unsigned int port, int *out, int *err);
  * the drop-all filter removed (off Linux: what queued up drained) and
  * SO_RCVBUF set to rcvbuf (a fresh socket's size, as setsockopt takes it). */
 int pr_open_input(int fd, int rcvbuf, int *err);
+
+/* Hold every signal for the calling thread, saving its mask in state (136
+ * bytes: a flag, then the mask); pr_restore_signals puts it back, once,
+ * and does nothing if nothing was saved.  Python runs its signal handlers
+ * after a call returns: while they are held no handler's exception can
+ * strike between two steps that must go together. */
+int pr_hold_signals(unsigned char *state, int *err);
+int pr_restore_signals(unsigned char *state, int *err);

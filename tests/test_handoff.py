@@ -579,9 +579,15 @@ def cycle(i):
     u.close()
     res.socket().close()
     res.release()
+    big = portreserve.reserve(64)  # long loops of holders made and closed
+    kept.append(big)
+    big.release()
 
-for i in range(50):  # warm up: imports, caches
+import time
+began = time.perf_counter()
+for i in range(50):  # warm up: imports, caches; and how long a cycle takes
     cycle(i)
+span = (time.perf_counter() - began) / 50
 kept.clear()
 gc.collect()
 base = fds()
@@ -591,7 +597,7 @@ signal.signal(signal.SIGALRM, interrupt)
 for i in range({rounds}):
     try:
         try:
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 150e-6))  # one shot
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, span))  # one shot, anywhere in the cycle
             cycle(i)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -616,6 +622,15 @@ def test_interrupts_at_random_points_leave_no_descriptor_behind():
 
 
 def test_two_threads_releasing_one_reservation_exactly_one_wins():
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can
+    try:
+        _release_race()
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _release_race():
     for _ in range(200):
         res = portreserve.reserve(2)
         barrier = threading.Barrier(2)

@@ -27,6 +27,7 @@ import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
+import contextlib
 import errno
 import os
 import random
@@ -162,6 +163,27 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
         f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
 
 
+_MAIN_THREAD = threading.main_thread().ident
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Signals wait (in the main thread, the only one where Python runs their
+    handlers) until the block's state is whole again: an exception from a
+    handler (KeyboardInterrupt) can then strike only before or after, never
+    between a descriptor made and the record that owns it.  Costs two
+    system calls."""
+    if threading.get_ident() != _MAIN_THREAD:
+        yield
+        return
+    state = calls.signal_state()
+    try:
+        calls.hold_signals(state)
+        yield
+    finally:
+        calls.restore_signals(state)
+
+
 class Block:
     """A held block.  Each port of it is, at any moment, exactly one of:
 
@@ -180,6 +202,10 @@ class Block:
     """
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
+        with _signals_held():
+            self._init(protocol, start, count)
+
+    def _init(self, protocol: Protocol, start: int, count: int) -> None:
         self.closed = True  # nothing to close until the holders are in _fds
         self._fds = calls.new_fds(count)
         self.count, self.protocol = count, protocol
@@ -198,6 +224,9 @@ class Block:
         self._lent: dict[int, weakref.ref] = {}
         self._out: dict[int, weakref.ref] = {}
         self._lost: set[int] = set()
+        # (port, fd) of handed-out holders the garbage collector closed; taken
+        # back at the next call (a finalizer may run while the lock is held).
+        self._dropped: list[tuple[int, int]] = []
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
@@ -209,12 +238,23 @@ class Block:
         # close_all marks each entry -1 as it goes: interrupted, it can be
         # called again, and the block counts as closed only once it finished.
         calls.close_all(self._fds, self.count)
+        for port, fd in self._drain_dropped():
+            os.close(fd)
         self.closed = True
+
+    def _drain_dropped(self) -> list[tuple[int, int]]:
+        dropped = getattr(self, "_dropped", [])
+        taken = []
+        while dropped:
+            taken.append(dropped.pop())
+        return taken
 
     def _pick(self, port: int) -> int:
         """An index whose holder is free (``port``'s, or any if 0); the lock is held."""
         if self.closed:
             raise InvalidParameter(f"bind: reservation {self.token} was released")
+        for dropped_port, fd in self._drain_dropped():
+            self._readopt(dropped_port, fd, True)
         self._collect()
         last = self.start + self.count - 1
         if port:
@@ -276,16 +316,12 @@ class Block:
                 sock.close()
                 raise
             return sock
-        with self._lock:
+        with _signals_held(), self._lock:
             i = self._pick(port)
-            fd, self._fds[i] = self._fds[i], -1  # the socket object owns it from here
-            try:
-                sock = _HeldSocket(family, type_, 0, fd)
-            except BaseException:
-                self._fds[i] = fd
-                self._free.append(i)
-                raise
-            sock._block, sock._port = self, self.start + i
+            # The socket object owns the holder from here; dropped by an
+            # exception at any point, it gives it back through readopt().
+            fd, self._fds[i] = self._fds[i], -1
+            sock = _HeldSocket(self, self.start + i, family, type_, fd)
             self._out[i] = weakref.ref(sock)
         if type_ == socket.SOCK_DGRAM:
             try:
@@ -312,32 +348,35 @@ class Block:
         (graceful close, its TIME_WAIT barred to others).  On a released
         block ``fd`` is simply closed.
         """
+        with _signals_held(), self._lock:
+            self._readopt(port, fd, reset_options)
+
+    def _readopt(self, port: int, fd: int, reset_options: bool) -> None:
         i = port - self.start
-        with self._lock:
-            self._out.pop(i, None)
-            self._lent.pop(i, None)
-            if self.closed or not 0 <= i < self.count or self._fds[i] >= 0:
-                os.close(fd)  # released, or not a port this block gave out
-                return
-            self._fds[i] = fd
+        self._out.pop(i, None)
+        self._lent.pop(i, None)
+        if self.closed or not 0 <= i < self.count or self._fds[i] >= 0:
+            os.close(fd)  # released, or not a port this block gave out
+            return
+        self._fds[i] = fd
+        try:
+            calls.readopt(fd, reset_options)
+        except OSError:
+            self._fds[i] = -1
             try:
-                calls.readopt(fd, reset_options)
+                calls.hold_beside(fd, self.family, self.protocol.socket_type, port,
+                                  self._fds, i)
             except OSError:
-                self._fds[i] = -1
-                try:
-                    calls.hold_beside(fd, self.family, self.protocol.socket_type, port,
-                                      self._fds, i)
-                except OSError:
-                    self._lost.add(i)  # bound again at the next call if it can be
-                    return
-                finally:
-                    os.close(fd)
-            self._free.append(i)
+                self._lost.add(i)  # bound again at the next call if it can be
+                return
+            finally:
+                os.close(fd)
+        self._free.append(i)
 
     def _returned_closed(self, port: int) -> None:
         """A handed-out holder was really closed (shared with a forked child)."""
         i = port - self.start
-        with self._lock:
+        with _signals_held(), self._lock:
             self._out.pop(i, None)
             if not self.closed:
                 self._lost.add(i)
@@ -353,7 +392,7 @@ class Block:
         if sock.getsockname()[1]:
             raise InvalidParameter(f"bind: {sock!r} is already bound")
         packed = _args.host_address("bind", sock.family, host)
-        with self._lock:
+        with _signals_held(), self._lock:
             i = self._pick(port)
             port = self.start + i
             fd = self._fds[i]
@@ -399,7 +438,7 @@ class Block:
 
     def close(self) -> bool:
         """Release the block; False if it was already released."""
-        with self._lock:
+        with _signals_held(), self._lock:
             if self.closed:
                 return False
             self._close_fds()
@@ -409,7 +448,7 @@ class Block:
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
-            calls.close_all(self._fds, self.count)
+            self._close_fds()
 
 
 class _HeldSocket(socket.socket):
@@ -419,6 +458,10 @@ class _HeldSocket(socket.socket):
     port to the caller for good."""
 
     __slots__ = ("_block", "_port", "_dirty", "_shared")
+
+    def __init__(self, block: Block, port: int, family: int, type: int, fd: int) -> None:
+        self._block, self._port, self._dirty, self._shared = block, port, False, False
+        super().__init__(family, type, 0, fd)
 
     def setsockopt(self, *args) -> None:  # type: ignore[override]
         self._dirty = True  # readopt() then resets the options to a holder's
@@ -443,17 +486,23 @@ class _HeldSocket(socket.socket):
             _ss.close(self)
             block._returned_closed(self._port)
             return
-        fd = self.fileno()
-        try:
-            _ss.detach(self)
-        finally:
-            # Given back even if a signal handler raised after detach().
-            if _ss.fileno(self) == -1 and fd >= 0:
-                block.readopt(self._port, fd, getattr(self, "_dirty", False))
+        with _signals_held():
+            fd = _ss.detach(self)
+            block.readopt(self._port, fd, self._dirty)
 
     def __del__(self) -> None:
-        if self.fileno() != -1:
-            self._real_close()
+        # Collected while still open: back to the block at its next call
+        # (never here: the collector may run while the block's lock is held).
+        block = getattr(self, "_block", None)
+        self._block = None
+        if block is None or socket._socket.socket.fileno(self) == -1:
+            socket._socket.socket.close(self)
+            return
+        if block.closed:
+            socket._socket.socket.close(self)
+            return
+        with _signals_held():
+            block._dropped.append((self._port, socket._socket.socket.detach(self)))
 
 
 def _family_for(host: str, default: int) -> int:

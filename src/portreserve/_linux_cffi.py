@@ -104,3 +104,20 @@ def open_input(fd: int, rcvbuf: int) -> None:
     err = ffi.new("int *")
     if lib.pr_open_input(fd, rcvbuf, err) < 0:
         _raise(err[0])
+
+
+def signal_state():
+    """Room for pr_hold_signals' saved mask."""
+    return ffi.new("unsigned char[136]")
+
+
+def hold_signals(state) -> None:
+    err = ffi.new("int *")
+    if lib.pr_hold_signals(state, err) < 0:
+        _raise(err[0])
+
+
+def restore_signals(state) -> None:
+    err = ffi.new("int *")
+    if lib.pr_restore_signals(state, err) < 0:
+        _raise(err[0])

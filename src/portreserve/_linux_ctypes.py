@@ -125,6 +125,22 @@ def _open_holder(family: int, type: int) -> _socket.socket:
     return s
 
 
+def _move(s: _socket.socket, fds, index: int) -> None:
+    """Move the descriptor of ``s`` into fds[index].
+
+    Python runs signal handlers after a call returns, never between plain
+    stores: an exception from one, wherever it strikes, leaves the
+    descriptor owned by exactly one of the two.
+    """
+    fds[index] = s.fileno()
+    try:
+        s.detach()
+    except BaseException:
+        if s.fileno() != -1:  # not detached: s still owns it
+            fds[index] = -1
+        raise
+
+
 def new_fds(count: int) -> list[int]:
     """A list for ``count`` descriptors, each -1."""
     return [-1] * count
@@ -142,12 +158,11 @@ def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]
             except BaseException:
                 s.close()
                 raise
-            fds[i] = s.detach()
+            _move(s, fds, i)
     except BaseException as exc:
         # As the shim: a failed hold leaves nothing held.  Unlike the shim's
         # loop, ours can also be interrupted (KeyboardInterrupt).
-        close_all(fds, i)
-        fds[:i] = [-1] * i
+        close_all(fds, count)
         if not isinstance(exc, OSError):
             raise
         return i, exc.errno or 0
@@ -510,7 +525,7 @@ def hold_beside(fd: int, family: int, type: int, port: int, fds, index: int) -> 
             raise
         finally:
             _quietly(u.setsockopt, _SOL, socket.SO_REUSEADDR, had)
-        fds[index] = h.detach()
+        _move(h, fds, index)
     except OSError as exc:
         _raise(exc.errno)
     finally:
@@ -537,7 +552,7 @@ def rehold(family: int, type: int, port: int, fds, index: int) -> None:
     except BaseException:
         h.close()
         raise
-    fds[index] = h.detach()
+    _move(h, fds, index)
 
 
 def open_input(fd: int, rcvbuf: int) -> None:
@@ -559,3 +574,32 @@ def open_input(fd: int, rcvbuf: int) -> None:
         _raise(exc.errno)
     finally:
         s.detach()
+
+
+_SIG_BLOCK, _SIG_SETMASK = (0, 2) if _LINUX else (1, 3)
+_ALL = ctypes.create_string_buffer(b"\xff" * 128, 128)  # sigfillset, as far as it matters
+
+
+def signal_state():
+    """Room for hold_signals' saved mask: a flag byte, then the mask (as the shim)."""
+    return ctypes.create_string_buffer(136)
+
+
+def hold_signals(state) -> None:
+    # In three steps, each leaving ``state`` right for restore_signals()
+    # whenever a handler's exception strikes: read the mask, mark it saved,
+    # block (the mask saved is the one before).
+    mask = ctypes.byref(state, 8)
+    if _libc.sigprocmask(_SIG_BLOCK, None, mask) < 0:
+        _raise(ctypes.get_errno())
+    state[0] = b"\1"
+    if _libc.sigprocmask(_SIG_BLOCK, _ALL, None) < 0:
+        _raise(ctypes.get_errno())
+
+
+def restore_signals(state) -> None:
+    if state[0] == b"\0":
+        return
+    if _libc.sigprocmask(_SIG_SETMASK, ctypes.byref(state, 8), None) < 0:
+        _raise(ctypes.get_errno())
+    state[0] = b"\0"
