@@ -238,10 +238,10 @@ int pr_bound_ports(int protocol, unsigned char *map, int *err)
  * takes over every one whose value differs from its own before it replaces
  * the user's descriptor.  Values are copied as bytes, whatever their type
  * (an int, a struct timeval, a device or congestion-control name). */
-struct option {
+struct sockopt_name {
     int level, name;
 };
-static const struct option copied[] = {
+static const struct sockopt_name copied[] = {
     {SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT}, {SOL_SOCKET, SO_KEEPALIVE},
     {SOL_SOCKET, SO_BROADCAST}, {SOL_SOCKET, SO_OOBINLINE}, {SOL_SOCKET, SO_SNDBUF},
     {SOL_SOCKET, SO_RCVLOWAT},  {SOL_SOCKET, SO_LINGER},    {SOL_SOCKET, SO_RCVTIMEO},
@@ -250,7 +250,6 @@ static const struct option copied[] = {
     {IPPROTO_IP, IP_MULTICAST_LOOP}, {IPPROTO_IP, IP_RECVTTL}, {IPPROTO_IP, IP_RECVTOS},
     {IPPROTO_IPV6, IPV6_UNICAST_HOPS}, {IPPROTO_IPV6, IPV6_TCLASS},
     {IPPROTO_IPV6, IPV6_MULTICAST_HOPS}, {IPPROTO_IPV6, IPV6_MULTICAST_LOOP},
-    {IPPROTO_IPV6, IPV6_RECVPKTINFO}, {IPPROTO_IPV6, IPV6_RECVTCLASS},
     {IPPROTO_TCP, TCP_NODELAY}, {IPPROTO_TCP, TCP_MAXSEG},  {IPPROTO_TCP, TCP_KEEPINTVL},
     {IPPROTO_TCP, TCP_KEEPCNT},
 #ifdef TCP_KEEPIDLE
@@ -266,6 +265,7 @@ static const struct option copied[] = {
     {IPPROTO_IP, IP_FREEBIND},  {IPPROTO_IP, IP_TRANSPARENT}, {IPPROTO_IP, IP_MTU_DISCOVER},
     {IPPROTO_IP, IP_RECVERR},   {IPPROTO_IP, IP_PKTINFO},   {IPPROTO_IP, IP_MULTICAST_ALL},
     {IPPROTO_IP, IP_NODEFRAG},  {IPPROTO_IP, IP_RECVORIGDSTADDR},
+    {IPPROTO_IPV6, IPV6_RECVPKTINFO}, {IPPROTO_IPV6, IPV6_RECVTCLASS},
     {IPPROTO_IPV6, IPV6_MTU_DISCOVER}, {IPPROTO_IPV6, IPV6_RECVERR},
     {IPPROTO_IPV6, 78 /* IPV6_FREEBIND */}, {IPPROTO_IPV6, IPV6_TRANSPARENT},
     {IPPROTO_IPV6, IPV6_RECVORIGDSTADDR},
@@ -489,7 +489,7 @@ int pr_port_range(unsigned int *lo, unsigned int *hi, int *err)
  * still shuts everybody out. */
 int pr_readopt(int fd, int reset_options, int *err)
 {
-    int family, type, off = 0, flags, reuseport = 0;
+    int family, type, off = 0, flags, reuseport = 0, listening = 0;
     unsigned int drained = 0;
     struct sockaddr_storage sa;
     socklen_t len = sizeof type, salen = sizeof sa;
@@ -531,9 +531,14 @@ int pr_readopt(int fd, int reset_options, int *err)
         if (rc < 0)
             return -1;
     }
+    len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        return fail(err);
     memset(&sa, 0, sizeof sa);
     sa.ss_family = AF_UNSPEC;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EAFNOSUPPORT)
+    /* Elsewhere (XNU) connect(AF_UNSPEC) may be refused: harmless unless
+     * the socket listens, which then cannot be undone. */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && listening)
         return fail(err);
     /* A TCP socket that listened with SO_REUSEPORT left Linux's bind bucket
      * letting our uid's SO_REUSEPORT binds skip the conflict check

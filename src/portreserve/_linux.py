@@ -7,14 +7,17 @@ other process can bind the port on any address, and the kernel never picks
 it for bind(port 0), connect() or sendto().  The kernel closes holders when
 the process dies, so a crash frees the block.
 
-A port is handed to a user's socket by swapping the holder in for the user's
-descriptor (no window at all) where family and address allow, and otherwise
-by a one-bind SO_REUSEPORT overlap, after which a UDP holder stays to keep
-the port's other addresses closed (a TCP one cannot: listen() would fail).
-When that socket is closed the port is held again on a later bind(), if
-nobody took it in between (TIME_WAIT, or another process in that moment):
-then it is skipped until it can be held.
-The measurements behind these choices are summed up in README.md.
+Reservation.socket() hands out the holder itself, and takes it back as the
+port's holder when it is closed (Block.readopt: stop listening, forget the
+peer, clear reuse options; the port is never unbound).  A user's own socket
+gets the port by swapping the holder in for its descriptor (no window at all)
+where family and address allow, and otherwise by a one-bind SO_REUSEPORT
+overlap, after which a UDP holder stays to keep the port's other addresses
+closed (a TCP one cannot: listen() would fail).  When a user's own socket is
+closed the port is held again at the next call on the block, if nobody took
+it in between (TIME_WAIT without SO_REUSEADDR, or another process in that
+moment): then it is retried at each call until it can be held.  README.md,
+"What is enforced", states each case.
 
 The same engine runs on macOS with what POSIX offers there: no socket dump
 (blocks are found by trying binds), no reserved-ports list, no persistent

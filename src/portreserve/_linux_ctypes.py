@@ -66,7 +66,7 @@ _OPTIONS = {
     _IP: (("IP_TOS", 1), ("IP_TTL", 2), ("IP_MULTICAST_TTL", 33), ("IP_MULTICAST_LOOP", 34),
           ("IP_RECVTTL", 12), ("IP_RECVTOS", 13)),
     _V6: (("IPV6_UNICAST_HOPS", 16), ("IPV6_TCLASS", 67), ("IPV6_MULTICAST_HOPS", 18),
-          ("IPV6_MULTICAST_LOOP", 19), ("IPV6_RECVPKTINFO", 49), ("IPV6_RECVTCLASS", 66)),
+          ("IPV6_MULTICAST_LOOP", 19)),
     _TCP: (("TCP_NODELAY", 1), ("TCP_MAXSEG", 2), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6),
            ("TCP_KEEPIDLE" if _LINUX or hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE", 4)),
 }
@@ -78,7 +78,7 @@ _LINUX_OPTIONS = {
     _IP: (("IP_FREEBIND", 15), ("IP_TRANSPARENT", 19), ("IP_MTU_DISCOVER", 10),
           ("IP_RECVERR", 11), ("IP_PKTINFO", 8), ("IP_MULTICAST_ALL", 49), ("IP_NODEFRAG", 22),
           ("IP_RECVORIGDSTADDR", 20)),
-    _V6: (("IPV6_MTU_DISCOVER", 23), ("IPV6_RECVERR", 25), ("IPV6_FREEBIND", 78),
+    _V6: (("IPV6_RECVPKTINFO", 49), ("IPV6_RECVTCLASS", 66), ("IPV6_MTU_DISCOVER", 23), ("IPV6_RECVERR", 25), ("IPV6_FREEBIND", 78),
           ("IPV6_TRANSPARENT", 75), ("IPV6_RECVORIGDSTADDR", 74)),
     _TCP: (("TCP_CORK", 3), ("TCP_SYNCNT", 7), ("TCP_LINGER2", 8), ("TCP_DEFER_ACCEPT", 9),
            ("TCP_WINDOW_CLAMP", 10), ("TCP_QUICKACK", 12), ("TCP_CONGESTION", 13),
@@ -441,12 +441,11 @@ def port_range() -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _disconnect(fd: int) -> None:
-    # connect(AF_UNSPEC): Python's connect() cannot express it.
-    if _libc.connect(fd, _UNSPEC, len(_UNSPEC)) < 0:
-        err = ctypes.get_errno()
-        if err != errno.EAFNOSUPPORT:
-            _raise(err)
+def _disconnect(fd: int, listening: bool = True) -> None:
+    # connect(AF_UNSPEC): Python's connect() cannot express it.  Elsewhere
+    # (XNU) it may be refused: harmless unless the socket listens.
+    if _libc.connect(fd, _UNSPEC, len(_UNSPEC)) < 0 and listening:
+        _raise(ctypes.get_errno())
 
 
 def readopt(fd: int, reset_options: bool) -> None:
@@ -476,9 +475,10 @@ def readopt(fd: int, reset_options: bool) -> None:
                     _copy_options(fresh, s)
                 finally:
                     fresh.close()
+            listening = s.getsockopt(_SOL, socket.SO_ACCEPTCONN)
         finally:
             s.detach()
-        _disconnect(fd)
+        _disconnect(fd, listening)
         if type == _STREAM and reuseport:
             # Reset Linux's SO_REUSEPORT bind cache (see pr_readopt); best effort.
             s = _wrap(fd)
