@@ -339,6 +339,7 @@ def test_socket_shared_with_a_forked_child_keeps_listening_there():
                 os.read(r, 1)
                 conn, _ = s.accept()
                 conn.sendall(b"child")
+                conn.recv(1)  # the client closes first: no TIME_WAIT on the port
                 conn.close()
             finally:
                 os._exit(0)
