@@ -30,6 +30,7 @@ import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
+import _socket
 import contextlib
 import errno
 import os
@@ -38,6 +39,7 @@ import resource
 import socket
 import threading
 import weakref
+from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
 
 from . import _args, _errors
 from ._backend import calls
@@ -297,7 +299,7 @@ class Block:
             self._lost.discard(i)
             self._free.append(i)
 
-    def socket(self, family: int | None = None, host: str = "", port: int = 0) -> socket.socket:
+    def socket(self, family: int | None = None, host: str = "", port: int = 0) -> Socket:
         """A socket bound to ``port`` of the block (any free one if 0).
 
         For the holders' family on the wildcard address (``family=None``) it
@@ -390,7 +392,7 @@ class Block:
         with self._lock:
             self._out.pop(port - self.start, None)
 
-    def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
+    def take(self, sock: Socket, host: str, port: int = 0) -> int:
         """Hand a port of the block (``port``, or any if 0) to the user's ``sock``."""
         if sock.getsockname()[1]:
             raise InvalidParameter(f"bind: {sock!r} is already bound")
@@ -410,7 +412,7 @@ class Block:
             self._lent[i] = weakref.ref(sock)
             return port
 
-    def _handoff(self, i: int, fd: int, sock: socket.socket, host: str, packed: bytes,
+    def _handoff(self, i: int, fd: int, sock: Socket, host: str, packed: bytes,
                  port: int) -> None:
         try:
             # The descriptor swap needs the holder's exact socket: same
@@ -461,12 +463,16 @@ class _HeldSocket(socket.socket):
     port to the caller for good."""
 
     __slots__ = ("_block", "_port", "_dirty", "_shared")
+    _block: Block | None
+    _port: int
+    _dirty: bool
+    _shared: bool
 
     def __init__(self, block: Block, port: int, family: int, type: int, fd: int) -> None:
         self._block, self._port, self._dirty, self._shared = block, port, False, False
         super().__init__(family, type, 0, fd)
 
-    def setsockopt(self, *args) -> None:  # type: ignore[override]
+    def setsockopt(self, *args) -> None:
         self._dirty = True  # readopt() then resets the options to a holder's
         super().setsockopt(*args)
 
@@ -477,7 +483,7 @@ class _HeldSocket(socket.socket):
             block._given_away(self._port)
         return super().detach()
 
-    def _real_close(self, _ss=socket._socket.socket) -> None:  # type: ignore[override]
+    def _real_close(self, _ss=_socket.socket) -> None:
         block = getattr(self, "_block", None)
         self._block = None
         if block is None:
@@ -498,14 +504,14 @@ class _HeldSocket(socket.socket):
         # (never here: the collector may run while the block's lock is held).
         block = getattr(self, "_block", None)
         self._block = None
-        if block is None or socket._socket.socket.fileno(self) == -1:
-            socket._socket.socket.close(self)
+        if block is None or _socket.socket.fileno(self) == -1:
+            _socket.socket.close(self)
             return
         if block.closed:
-            socket._socket.socket.close(self)
+            _socket.socket.close(self)
             return
         with _signals_held():
-            block._dropped.append((self._port, socket._socket.socket.detach(self)))
+            block._dropped.append((self._port, _socket.socket.detach(self)))
 
 
 def _family_for(host: str, default: int) -> int:
@@ -572,7 +578,8 @@ def _clear_bind_cache(port: int) -> None:
                        f"kernel's SO_REUSEPORT cache")
 
 
-_WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
+_WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
+                                         socket.AF_INET: ("", "0.0.0.0")}
 # Owner of both sockets during a SO_REUSEPORT hand-off on Linux, when we may
 # chown sockets (root): a uid no process runs as, so nobody can join that bind
 # through Linux's bind-bucket cache (see pr_handoff_reuseport).

@@ -478,7 +478,7 @@ def readopt(fd: int, reset_options: bool) -> None:
             listening = s.getsockopt(_SOL, socket.SO_ACCEPTCONN)
         finally:
             s.detach()
-        _disconnect(fd, listening)
+        _disconnect(fd, bool(listening))
         if type == _STREAM and reuseport:
             # Reset Linux's SO_REUSEPORT bind cache (see pr_readopt); best effort.
             s = _wrap(fd)
