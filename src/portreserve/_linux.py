@@ -31,7 +31,6 @@ import sys
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import _socket
-import contextlib
 import errno
 import os
 import random
@@ -171,22 +170,29 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
 _MAIN_THREAD = threading.main_thread().ident
 
 
-@contextlib.contextmanager
-def _signals_held():
+class _signals_held:
     """Signals wait (in the main thread, the only one where Python runs their
     handlers) until the block's state is whole again: an exception from a
     handler (KeyboardInterrupt) can then strike only before or after, never
     between a descriptor made and the record that owns it.  Costs two
     system calls."""
-    if threading.get_ident() != _MAIN_THREAD:
-        yield
-        return
-    state = calls.signal_state()
-    try:
-        calls.hold_signals(state)
-        yield
-    finally:
-        calls.restore_signals(state)
+
+    __slots__ = ("state",)
+
+    def __enter__(self) -> None:
+        if threading.get_ident() != _MAIN_THREAD:
+            self.state = None
+            return
+        state = self.state = calls.signal_state()
+        try:
+            calls.hold_signals(state)
+        except BaseException:  # a handler that was already due: nothing done yet
+            calls.restore_signals(state)
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        if self.state is not None:
+            calls.restore_signals(self.state)
 
 
 class Block:
@@ -495,9 +501,8 @@ class _HeldSocket(socket.socket):
             _ss.close(self)
             block._returned_closed(self._port)
             return
-        with _signals_held():
-            fd = _ss.detach(self)
-            block.readopt(self._port, fd, self._dirty)
+        with _signals_held(), block._lock:
+            block._readopt(self._port, _ss.detach(self), self._dirty)
 
     def __del__(self) -> None:
         # Collected while still open: back to the block at its next call
