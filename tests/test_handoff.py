@@ -169,11 +169,12 @@ def test_racing_process_never_gets_the_port_through_socket_cycles(protocol):
             for i in range(300):
                 with res.socket() as s:
                     if not udp and i % 2:
-                        # (SO_REUSEADDR on a socket that does not listen lets
-                        # others share it, on Linux as for any socket.)
+                        s.listen()
+                        # Set after listen(): on a socket that does not listen
+                        # it would let others share the port, on Linux as for
+                        # any socket.  Closing must clear it.
                         if i % 3 == 0:
                             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                        s.listen()
         finally:
             results = [r.stop() for r in racers]
     assert results == ["nothing"] * len(racers)

@@ -231,7 +231,9 @@ class Block:
             self._close_fds()
             raise
         self.start, self.family = start, _family
-        self._free = list(range(count - 1, -1, -1))  # lowest last
+        # Free indexes as an ordered set: O(1) to take any or a given one;
+        # the port given back last is handed out first, the lowest at start.
+        self._free: dict[int, None] = dict.fromkeys(range(count - 1, -1, -1))
         self._lent: dict[int, weakref.ref] = {}
         self._out: dict[int, weakref.ref] = {}
         self._lost: set[int] = set()
@@ -274,12 +276,12 @@ class Block:
                 raise InvalidParameter(f"bind: port {port} is not in block {self.start}..{last}")
             if i not in self._free:
                 raise ReservationExhausted(f"bind: port {port} is in use")
-            self._free.remove(i)
+            del self._free[i]
             return i
         if not self._free:
             raise ReservationExhausted(
                 f"bind: every port of {self.start}..{last} is held by an open socket")
-        return self._free.pop()
+        return self._free.popitem()[0]
 
     def _collect(self) -> None:
         """Hold again the ports of the user's own sockets that were closed.
@@ -293,7 +295,7 @@ class Block:
                 continue
             del self._lent[i]
             if self._fds[i] >= 0:  # the UDP holder kept beside it
-                self._free.append(i)
+                self._free[i] = None
             else:
                 self._lost.add(i)
         for i in list(self._lost):
@@ -303,7 +305,7 @@ class Block:
             except OSError:
                 continue  # taken in between, or TIME_WAIT without SO_REUSEADDR: later
             self._lost.discard(i)
-            self._free.append(i)
+            self._free[i] = None
 
     def socket(self, family: int | None = None, host: str = "", port: int = 0) -> Socket:
         """A socket bound to ``port`` of the block (any free one if 0).
@@ -382,7 +384,7 @@ class Block:
                 return
             finally:
                 os.close(fd)
-        self._free.append(i)
+        self._free[i] = None
 
     def _returned_closed(self, port: int) -> None:
         """A handed-out holder was really closed (shared with a forked child)."""
@@ -411,7 +413,7 @@ class Block:
                 self._handoff(i, fd, sock, host, packed, port)
             except BaseException:
                 if self._fds[i] >= 0:
-                    self._free.append(i)
+                    self._free[i] = None
                 else:
                     self._lost.add(i)
                 raise
