@@ -263,6 +263,19 @@ def test_readopt_takes_back_a_detached_holder():
         again.close()
 
 
+def test_copies_of_a_held_socket_are_plain_sockets():
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        s.listen()
+        copy = s.dup()
+        copy.close()  # closes only the copy
+        with socket.create_connection(("127.0.0.1", res.start), timeout=5):
+            s.accept()[0].close()
+        s.close()
+        assert nobody_takes(res.start)
+        res.socket().close()
+
+
 def test_socket_closed_after_release_frees_its_port():
     res = portreserve.reserve(1)
     s = res.socket()

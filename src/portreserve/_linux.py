@@ -331,10 +331,9 @@ class Block:
             return sock
         with _signals_held(), self._lock:
             i = self._pick(port)
-            # The socket object owns the holder from here; dropped by an
-            # exception at any point, it gives it back through readopt().
-            fd, self._fds[i] = self._fds[i], -1
-            sock = _HeldSocket(self, self.start + i, family, type_, fd)
+            sock = _HeldSocket(family, type_, 0, self._fds[i])
+            self._fds[i] = -1  # the socket object owns the holder from here
+            sock._block, sock._port = self, self.start + i
             self._out[i] = weakref.ref(sock)
         if type_ == socket.SOCK_DGRAM:
             try:
@@ -476,9 +475,11 @@ class _HeldSocket(socket.socket):
     _dirty: bool
     _shared: bool
 
-    def __init__(self, block: Block, port: int, family: int, type: int, fd: int) -> None:
-        self._block, self._port, self._dirty, self._shared = block, port, False, False
-        super().__init__(family, type, 0, fd)
+    def __init__(self, family: int = -1, type: int = -1, proto: int = 0,
+                 fileno: int | None = None) -> None:
+        # As socket.socket's (dup() makes one): a copy belongs to no block.
+        self._block, self._port, self._dirty, self._shared = None, 0, False, False
+        super().__init__(family, type, proto, fileno)
 
     def setsockopt(self, *args) -> None:
         self._dirty = True  # readopt() then resets the options to a holder's
