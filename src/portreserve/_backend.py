@@ -2,8 +2,8 @@
 
 ``cffi`` is our compiled shim (csrc/ through CFFI); ``ctypes`` does the same
 calls with no compiled code of ours.  Both expose the same functions for the
-platform (see _linux_cffi.py for the Linux set), so everything above this
-module is shared.  PORTRESERVE_BACKEND picks one; without it we take cffi and
+platform (``PosixCalls`` or ``WindowsCalls`` in _interfaces.py), so
+everything above this module is shared.  PORTRESERVE_BACKEND picks one; without it we take cffi and
 fall back to ctypes, with a warning, when the compiled module is missing.
 """
 
@@ -13,15 +13,19 @@ import importlib
 import os
 import sys
 import warnings
+from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+from ._interfaces import PosixCalls, WindowsCalls
 
 _OS = "windows" if sys.platform == "win32" else "linux"
 
 
-def _load(name: str):
+def _load(name: str) -> ModuleType:
     return importlib.import_module(f"portreserve._{_OS}_{name}")
 
 
-def _choose():
+def _choose() -> tuple[str, ModuleType]:
     wanted = os.environ.get("PORTRESERVE_BACKEND", "").strip().lower()
     if wanted not in ("", "cffi", "ctypes"):
         raise ImportError(f"PORTRESERVE_BACKEND={wanted!r}: use 'cffi' or 'ctypes'")
@@ -35,4 +39,19 @@ def _choose():
         return "ctypes", _load("ctypes")
 
 
-name, calls = _choose()
+name, _module = _choose()
+# The module is picked by name, so mypy cannot follow it: the cast says which
+# interface it has, and the TYPE_CHECKING block below checks both layers of
+# the platform against that interface.
+if sys.platform == "win32":
+    calls = cast(WindowsCalls, _module)
+else:
+    calls = cast(PosixCalls, _module)
+
+if TYPE_CHECKING:
+    if sys.platform == "win32":
+        from . import _windows_cffi, _windows_ctypes
+        _layers: tuple[WindowsCalls, ...] = (_windows_cffi, _windows_ctypes)
+    else:
+        from . import _linux_cffi, _linux_ctypes
+        _layers: tuple[PosixCalls, ...] = (_linux_cffi, _linux_ctypes)

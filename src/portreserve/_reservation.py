@@ -7,26 +7,44 @@ import socket
 from . import _args
 from ._engine import engine
 from ._errors import InvalidParameter
+from ._interfaces import Block
 from ._records import Protocol
 
 
 class Reservation:
     """A runtime reservation of ``count`` consecutive ports, owned by this process."""
 
-    def __init__(self, block) -> None:
+    def __init__(self, block: Block) -> None:
         self._block = block
 
-    start = property(lambda self: self._block.start)
-    count = property(lambda self: self._block.count)
-    token = property(lambda self: self._block.token)
-    closed = property(lambda self: self._block.closed)
+    @property
+    def start(self) -> int:
+        """First port of the block, host byte order."""
+        return self._block.start
+
+    @property
+    def count(self) -> int:
+        """Number of ports in the block, 1..65535."""
+        return self._block.count
+
+    @property
+    def token(self) -> int:
+        """The opaque non-zero 64-bit token; ``portreserve.bind`` takes it."""
+        return self._block.token
+
+    @property
+    def closed(self) -> bool:
+        """True once the reservation was released or closed."""
+        return self._block.closed
 
     @property
     def protocol(self) -> Protocol:
+        """``Protocol.TCP`` or ``Protocol.UDP``."""
         return self._block.protocol
 
     @property
     def ports(self) -> range:
+        """``range(start, start + count)``: the block as granted."""
         return range(self.start, self.start + self.count)
 
     def bind(self, sock: socket.socket, host: str = "") -> int:

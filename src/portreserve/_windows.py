@@ -14,7 +14,10 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import threading
+
+assert sys.platform == "win32"  # Windows only; also tells mypy to skip this module elsewhere
 
 from . import _errors
 from ._backend import calls
