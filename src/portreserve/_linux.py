@@ -34,8 +34,10 @@ import resource
 import socket
 import threading
 import weakref
+from types import ModuleType
+from typing import Any
 
-from . import _errors
+from . import _errors, _interfaces
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -43,7 +45,7 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
-from ._records import PortReservationInstance, Protocol
+from ._records import PersistentReservation, PortReservationInstance, Protocol
 
 _LINUX = sys.platform.startswith("linux")
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
@@ -318,7 +320,7 @@ def _protocol_of(sock: socket.socket) -> Protocol:
     return Protocol.TCP if sock.type == socket.SOCK_STREAM else Protocol.UDP
 
 
-def _resolve(token: int, call: str):
+def _resolve(token: int, call: str) -> _interfaces.Block:
     block = _blocks.get(token)
     if block is None and _LINUX:
         block = _persistent().block_for_token(token)
@@ -345,7 +347,7 @@ def associate(sock: socket.socket, token: int) -> None:
     _associated[sock] = token
 
 
-def bind_associated(sock: socket.socket, address) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     token = _associated.get(sock)
     if token is None:
         sock.bind(address)
@@ -360,7 +362,7 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
     return sock.getsockname()[1]
 
 
-def _persistent():
+def _persistent() -> ModuleType:
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
@@ -368,21 +370,21 @@ def _persistent():
     return _persistent
 
 
-def create_persistent(protocol, start, count):
+def create_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().create(protocol, start, count)
 
 
-def delete_persistent(protocol, start, count):
+def delete_persistent(protocol: Protocol, start: int, count: int) -> None:
     _persistent().delete(protocol, start, count)
 
 
-def lookup_persistent(protocol, start, count):
+def lookup_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().lookup(protocol, start, count)
 
 
-def list_persistent(protocol):
+def list_persistent(protocol: Protocol | None) -> list[PersistentReservation]:
     return _persistent().list_all(protocol)
 
 
-def restore():
+def restore() -> list[PersistentReservation]:
     return _persistent().restore()

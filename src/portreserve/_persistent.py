@@ -420,6 +420,9 @@ class _Block:
         raise ReservationExhausted(f"bind: every port of {self.start}..{block[-1]} is in use"
                                    if not port else f"bind: port {port} is in use")
 
+    def close(self) -> None:
+        """Nothing is held for a persistent block in this process: nothing to give back."""
+
 
 def block_for_token(token: int) -> _Block | None:
     for r in _load(_state_path(), "bind").reservations:
