@@ -2,7 +2,7 @@
 
 On Windows: the TCP/IP stack's runtime and persistent port reservations.
 On Linux: the same guarantees built from holder sockets and
-ip_local_reserved_ports.  See README.md and API.md.
+ip_local_reserved_ports.  See README.md and docs/API.md.
 """
 
 from types import ModuleType

@@ -1,4 +1,4 @@
-"""The `portreserve` command (API.md section 4)."""
+"""The `portreserve` command (docs/API.md section 4)."""
 
 from __future__ import annotations
 

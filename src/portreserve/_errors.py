@@ -1,4 +1,4 @@
-"""The exception classes of API.md section 3 and the one helper that makes them.
+"""The exception classes of docs/API.md section 3 and the one helper that makes them.
 
 Every class carries a fixed POSIX ``errno``; ``winerror`` depends on which
 Windows call family reports the mistake (socket IOCTLs speak WSA codes,

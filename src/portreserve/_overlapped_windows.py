@@ -201,7 +201,7 @@ class CompletionPort(_PortBase):
         return self._threads
 
     def fileno(self) -> int:
-        """-1: an IOCP is not a descriptor select() can wait on (API.md allows it)."""
+        """-1: an IOCP is not a descriptor select() can wait on (docs/API.md allows it)."""
         self._check_open("CompletionPort.fileno")
         return -1
 

@@ -1,4 +1,4 @@
-"""The high-level persistent calls (API.md section 1); the engine does the work."""
+"""The high-level persistent calls (docs/API.md section 1); the engine does the work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The high-level API: reserve(), Reservation and bind() (API.md section 1)."""
+"""The high-level API: reserve(), Reservation and bind() (docs/API.md section 1)."""
 
 from __future__ import annotations
 

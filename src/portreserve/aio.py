@@ -1,4 +1,4 @@
-"""asyncio forms of the runtime reservation calls (API.md section 2).
+"""asyncio forms of the runtime reservation calls (docs/API.md section 2).
 
 The work runs as overlapped operations (see _overlapped.py) on a completion
 port that belongs to the running event loop and stays open while any aio

@@ -1,4 +1,4 @@
-"""One function per call of the Windows reference pages (API.md section 2).
+"""One function per call of the Windows reference pages (docs/API.md section 2).
 
 Ports are host byte order.  Arguments are checked before any system call.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the win_amd64 wheel of portreserve with mingw-w64 and runs the Windows
 # tests under Wine with the official Windows CPython, for both backends.
-# See ../../../shared/docs/WINDOWS.md for why each step is done this way.
+# See docs/windows.md for why each step is done this way.
 #
 #   bash tests/windows/run-under-wine.sh [extra pytest args]
 #

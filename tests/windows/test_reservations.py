@@ -17,7 +17,7 @@ from portreserve import NotSupported, Protocol, lowlevel
 from wine_detect import needs_windows, wine_only
 
 WSAEOPNOTSUPP = 10045
-EOPNOTSUPP = 95  # the POSIX number, on every platform (API.md section 3)
+EOPNOTSUPP = 95  # the POSIX number, on every platform (docs/API.md section 3)
 ERROR_PROC_NOT_FOUND = 127
 
 
