@@ -191,3 +191,22 @@ def test_a_misspelt_public_name_fails_at_run_time_and_for_mypy(tmp_path):
     assert done.returncode == 1, done.stdout
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and 'no attribute "reserv"' in errors[0], done.stdout
+
+
+def test_one_version():
+    # pyproject.toml reads __version__ (dynamic), so the installed metadata
+    # and the module agree however the package was installed.
+    from importlib.metadata import version
+
+    assert version("portreserve") == portreserve.__version__
+    assert "version =" not in _pyproject_project_table()
+
+
+def _pyproject_project_table():
+    import pathlib
+
+    pyproject = pathlib.Path(__file__).parent.parent / "pyproject.toml"
+    if not pyproject.exists():  # run against an installed wheel, without the tree
+        return ""
+    text = pyproject.read_text()
+    return text.split("[project]", 1)[1].split("\n[", 1)[0]
