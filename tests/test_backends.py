@@ -97,6 +97,7 @@ def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
     fds = calls.new_fds(3)
     n, err = calls.hold(V6, TCP, start, 3, fds)
     assert (n, err) == (2, errno.EADDRINUSE)
+    assert list(fds) == [-1, -1, -1]  # no closed descriptor numbers left (pr_linux.h)
     blocker.close()
     assert can_bind(start) and can_bind(start + 1)
 
