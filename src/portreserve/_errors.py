@@ -29,7 +29,13 @@ WSAENOBUFS = 10055
 
 
 class PortReservationError(OSError):
-    """Base class of every portreserve failure."""
+    """Base class of every portreserve failure: an OSError with ``errno`` and ``winerror``.
+
+    ``errno`` is a POSIX number as Linux numbers it and ``winerror`` a
+    Windows code, both set on every platform, never 0 or negative
+    (docs/API.md section 3).  A system failure outside the subclasses is
+    raised as this class with the system's errno and its Windows twin.
+    """
 
     default_errno = 0
     default_winerror = 0
@@ -61,35 +67,60 @@ EINVAL, EACCES, ENOENT, EOPNOTSUPP, EADDRINUSE, ECANCELED = 22, 13, 2, 95, 98, 1
 
 
 class InvalidParameter(PortReservationError, ValueError):
+    """A bad argument or a state that forbids the call (EINVAL; winerror 87 or 10022).
+
+    Count 0, a port or count outside 0..65535, a block past 65535, a wildcard
+    persistent request, an unknown protocol, token 0, a released
+    reservation, a socket of the wrong type or already bound, a host that is
+    not an address of the socket's family.
+    """
+
     default_errno = EINVAL
     default_winerror = WSAEINVAL
 
 
 class AccessDenied(PortReservationError, PermissionError):
+    """A persistent change without administrator rights / CAP_NET_ADMIN (EACCES; 5 or 10013)."""
+
     default_errno = EACCES
     default_winerror = ERROR_ACCESS_DENIED
 
 
 class ReservationConflict(PortReservationError):
+    """Ports in use, or overlapping another reservation (EADDRINUSE; 32 or 10048)."""
+
     default_errno = EADDRINUSE
     default_winerror = WSAEADDRINUSE
 
 
 class ReservationExhausted(ReservationConflict):
+    """Every port of the block is held by an open socket (EADDRINUSE; 10048)."""
+
     default_winerror = WSAEADDRINUSE
 
 
 class ReservationNotFound(PortReservationError, LookupError):
+    """No reservation has that token or exact block (ENOENT; 1168 ERROR_NOT_FOUND)."""
+
     default_errno = ENOENT
     default_winerror = ERROR_NOT_FOUND
 
 
 class NotSupported(PortReservationError):
+    """The system lacks the call, or the socket is not TCP/UDP (EOPNOTSUPP; 10045).
+
+    Old Windows and Wine (no reservation calls), macOS (no persistent
+    reservations), sockets other than TCP or UDP of AF_INET/AF_INET6.
+    """
+
     default_errno = EOPNOTSUPP
     default_winerror = WSAEOPNOTSUPP
 
 
 class OperationAborted(PortReservationError):
+    """An overlapped operation cancelled, or its socket or completion port closed
+    (ECANCELED; 995 WSA_OPERATION_ABORTED)."""
+
     default_errno = ECANCELED
     default_winerror = ERROR_OPERATION_ABORTED
 
