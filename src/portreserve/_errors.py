@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import Any
 
 # Windows codes, named as in winerror.h / winsock2.h.
 ERROR_ACCESS_DENIED = 5
@@ -49,14 +50,15 @@ class PortReservationError(OSError):
         self.errno = code
         self.winerror = self.default_winerror if winerror is None else winerror
 
-    def __reduce__(self):  # keep pickling (multiprocessing) faithful
+    def __reduce__(self) -> tuple[Any, ...]:  # keep pickling (multiprocessing) faithful
         return (_rebuild, (type(self), self.strerror, self.errno, self.winerror))
 
     def __str__(self) -> str:
         return f"{self.strerror} [errno {self.errno}, winerror {self.winerror}]"
 
 
-def _rebuild(cls, message, errno, winerror):
+def _rebuild(cls: type[PortReservationError], message: str, errno: int,
+             winerror: int) -> PortReservationError:
     return cls(message, errno=errno, winerror=winerror)
 
 

@@ -11,22 +11,26 @@ import sys
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import os
+from typing import TYPE_CHECKING, NoReturn
 
 from ._pr_cffi import ffi, lib
 
+if TYPE_CHECKING:
+    from ._interfaces import Fds
 
-def _raise(err: int):
+
+def _raise(err: int) -> NoReturn:
     raise OSError(err, os.strerror(err))
 
 
-def new_fds(count: int):
+def new_fds(count: int) -> Fds:
     """An int array for ``count`` descriptors, each -1."""
     fds = ffi.new("int[]", count)
     ffi.memmove(fds, b"\xff" * (4 * count), 4 * count)
     return fds
 
 
-def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]:
+def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int, int]:
     """Holders for start..start+count-1 into fds; (ports held, errno)."""
     err = ffi.new("int *")
     n = lib.pr_hold(family, type, start, count, fds, err)
@@ -41,7 +45,7 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
     return out[0], port
 
 
-def close_all(fds, count: int) -> None:
+def close_all(fds: Fds, count: int) -> None:
     lib.pr_close_all(fds, count)
 
 

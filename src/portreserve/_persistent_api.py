@@ -17,7 +17,8 @@ from ._errors import ERROR_INVALID_PARAMETER
 from ._records import PersistentReservation, Protocol
 
 
-def _check(call: str, start: int, count: int, protocol: str | Protocol):
+def _check(call: str, start: int, count: int,
+           protocol: str | Protocol) -> tuple[Protocol, int, int]:
     proto = _args.protocol(call, protocol, ERROR_INVALID_PARAMETER)
     return (proto, *_args.persistent_block(call, start, count))
 

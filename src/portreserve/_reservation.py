@@ -118,7 +118,7 @@ class Reservation:
     def __enter__(self) -> Reservation:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

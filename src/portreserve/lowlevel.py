@@ -16,6 +16,7 @@ other failure is a ``portreserve.PortReservationError`` subclass with
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from . import _args
 from ._engine import engine
@@ -127,7 +128,7 @@ def associate_port_reservation(sock: socket.socket, token: int) -> None:
     engine.associate(sock, _args.token(call, token))
 
 
-def bind_associated(sock: socket.socket, address: tuple) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     """Bind ``sock`` to ``address``, from its associated reservation if it has one.
 
     ``address`` is the socket module's tuple for the family of ``sock``:
