@@ -78,8 +78,12 @@ class Block(typing.Protocol):
         ReservationExhausted (no port left), or the class of the system's error.
         """
 
-    def close(self) -> None:
-        """Give the block back; idempotent.  Sockets bound from it keep their ports."""
+    def close(self) -> bool | None:
+        """Give the block back; idempotent.  Sockets bound from it keep their ports.
+
+        An engine may return False when the block was already closed (so of
+        two threads releasing it, exactly one sees success), else True or None.
+        """
 
 
 @typing.runtime_checkable

@@ -35,9 +35,9 @@ import socket
 import threading
 import weakref
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _errors, _interfaces
+from . import _errors
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -45,7 +45,11 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
-from ._records import PersistentReservation, PortReservationInstance, Protocol
+from ._records import PortReservationInstance, Protocol
+
+if TYPE_CHECKING:
+    from ._interfaces import Block as _AnyBlock
+    from ._records import PersistentReservation
 
 _LINUX = sys.platform.startswith("linux")
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
@@ -320,7 +324,7 @@ def _protocol_of(sock: socket.socket) -> Protocol:
     return Protocol.TCP if sock.type == socket.SOCK_STREAM else Protocol.UDP
 
 
-def _resolve(token: int, call: str) -> _interfaces.Block:
+def _resolve(token: int, call: str) -> _AnyBlock:
     block = _blocks.get(token)
     if block is None and _LINUX:
         block = _persistent().block_for_token(token)

@@ -20,7 +20,7 @@ and put them back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import NoReturn
 
 import _socket
 import ctypes
@@ -32,9 +32,6 @@ import struct
 import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
-
-if TYPE_CHECKING:
-    from ._interfaces import Fds
 
 _LINUX = sys.platform.startswith("linux")
 # Linux values the socket module does not name (asm-generic/socket.h, in.h).
@@ -103,7 +100,7 @@ def new_fds(count: int) -> list[int]:
     return [-1] * count
 
 
-def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int, int]:
+def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]:
     """Holders for start..start+count-1 into fds; (ports held, errno)."""
     host = _WILDCARD[family]
     i = 0
@@ -138,7 +135,7 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
     return s.detach(), port
 
 
-def close_all(fds: Fds, count: int) -> None:
+def close_all(fds, count: int) -> None:
     for fd in fds[:count]:
         if fd >= 0:
             try:
@@ -327,7 +324,7 @@ def _restore_flags(fd: int, flags: int | None) -> None:
         _quietly(fcntl.fcntl, fd, fcntl.F_SETFL, flags)
 
 
-def _quietly(call: Callable[..., object], *args: object) -> None:
+def _quietly(call, *args) -> None:
     # Best-effort undo steps, unchecked as in the shim.
     try:
         call(*args)

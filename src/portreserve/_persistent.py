@@ -402,6 +402,9 @@ class _Block:
         self.protocol = Protocol(r["protocol"])
         self.start, self.count, self.token = r["start"], r["count"], r["token"]
 
+    def close(self) -> None:
+        """Nothing is held for a persistent block in this process: nothing to give back."""
+
     def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
         """Bind ``sock`` to ``port``, or to the first port of the block that binds."""
         if sock.getsockname()[1]:
@@ -419,9 +422,6 @@ class _Block:
                     raise from_errno(exc.errno, f"bind to port {p}") from None
         raise ReservationExhausted(f"bind: every port of {self.start}..{block[-1]} is in use"
                                    if not port else f"bind: port {port} is in use")
-
-    def close(self) -> None:
-        """Nothing is held for a persistent block in this process: nothing to give back."""
 
 
 def block_for_token(token: int) -> _Block | None:

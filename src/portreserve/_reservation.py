@@ -9,12 +9,15 @@ socket at bind (docs/linux.md; README's "What is enforced" gives each case).
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 from . import _args
 from ._engine import engine
 from ._errors import InvalidParameter
-from ._interfaces import Block
 from ._records import Protocol
+
+if TYPE_CHECKING:
+    from ._interfaces import Block
 
 
 class Reservation:
@@ -85,12 +88,7 @@ class Reservation:
         return self._block.take(sock, _args.host("Reservation.bind", host))
 
     def socket(self, family: int = socket.AF_INET, host: str = "") -> socket.socket:
-        """A new socket of the reservation's protocol, bound to a port of the block.
-
-        ``family`` is AF_INET or AF_INET6 and ``host`` an address of that
-        family ("" is the wildcard).  The socket is not listening.  Raises
-        as ``bind()`` does; nothing is left open when it raises.
-        """
+        """A new socket of the reservation's protocol, bound to a port of the block."""
         sock = socket.socket(family, self.protocol.socket_type)
         try:
             self.bind(sock, host)
@@ -100,13 +98,7 @@ class Reservation:
         return sock
 
     def release(self) -> None:
-        """Give the block back; sockets already bound from it keep their ports.
-
-        Raises:
-            InvalidParameter: the reservation was already released.
-        Mirrors:
-            SIO_RELEASE_PORT_RESERVATION control code.
-        """
+        """Give the block back; sockets already bound from it are left alone."""
         if self.closed:
             raise InvalidParameter(f"release: reservation {self.token} was already released")
         self._block.close()
