@@ -2,8 +2,8 @@
 
 ``cffi`` is our compiled shim (csrc/ through CFFI); ``ctypes`` does the same
 calls with no compiled code of ours.  Both expose the same functions for the
-platform (``PosixCalls`` or ``WindowsCalls`` in _interfaces.py), so
-everything above this module is shared.  PORTRESERVE_BACKEND picks one; without it we take cffi and
+platform (``PosixCalls``/``WindowsCalls`` of _interfaces.py): all above this
+module is shared.  PORTRESERVE_BACKEND picks one; without it we take cffi and
 fall back to ctypes, with a warning, when the compiled module is missing.
 """
 
