@@ -210,3 +210,30 @@ def _pyproject_project_table():
         return ""
     text = pyproject.read_text()
     return text.split("[project]", 1)[1].split("\n[", 1)[0]
+
+
+def test_citations_point_into_the_repository():
+    # The contract and the measured facts live in docs/; a comment that cites
+    # them names that path, and nothing cites a file outside the repository.
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "docs").is_dir():
+        pytest.skip("not run from a source tree")
+    bare = re.compile(r"(?<![\w/.-])(API|LINUX|WINDOWS)\.md|shared/docs|\.\./\.\./\.\.|/work/")
+    cited = re.compile(r"\bdocs/([\w.-]+\.md)\b")
+    files = [root / "build_ffi.py", root / "setup.py", *(root / ".ci").glob("*")]
+    for top in ("src", "tests", "csrc", "benchmarks"):
+        files += [p for p in (root / top).rglob("*")
+                  if p.suffix in (".py", ".c", ".h", ".sh") and "_pr_cffi" not in p.name]
+    wrong, missing = [], []
+    for path in files:
+        if not path.is_file() or path.samefile(__file__):
+            continue
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if bare.search(line):
+                wrong.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+            missing += [f"{path.relative_to(root)}:{n}: docs/{name}"
+                        for name in cited.findall(line) if not (root / "docs" / name).exists()]
+    assert wrong == [] and missing == []

@@ -310,7 +310,7 @@ class CompletionPort(_PortBase):
         self._workers = _Workers(self._concurrency(concurrency))
         self._cond = threading.Condition()
         self._done: deque[Completion] = deque()
-        self._fd = self._wfd = -1  # no pipe on Windows: API.md allows -1
+        self._fd = self._wfd = -1  # no pipe on Windows: docs/API.md allows -1
         self._close_fd: Callable[[], object] = lambda: None
         if sys.platform != "win32":
             # Invariant, kept under _cond: the pipe holds one byte exactly
