@@ -46,14 +46,18 @@ typedef struct {
     INET_PORT_RESERVATION_TOKEN Token;
 } pr_wire_instance;
 
-_Static_assert(sizeof(INET_PORT_RANGE) == 4, "INET_PORT_RANGE is 4 bytes");
-_Static_assert(sizeof(INET_PORT_RESERVATION_TOKEN) == 8, "token is 8 bytes");
-_Static_assert(sizeof(INET_PORT_RESERVATION_INSTANCE) == 16, "instance is 16 bytes");
-_Static_assert(sizeof(pr_wire_instance) == sizeof(INET_PORT_RESERVATION_INSTANCE),
-               "pr_wire_instance mirrors INET_PORT_RESERVATION_INSTANCE");
-_Static_assert(offsetof(pr_wire_instance, Token) == 8, "token at offset 8");
-_Static_assert(sizeof(SOCKET) == sizeof(uintptr_t) && sizeof(HANDLE) == sizeof(uintptr_t),
-               "SOCKET and HANDLE travel as uintptr_t");
+/* Layout checks at compile time.  Not _Static_assert: MSVC's default C mode
+ * (what setuptools uses) lacks it before /std:c11.  A false condition gives
+ * an array of size -1, an error in every C compiler. */
+#define PR_CHECK(name, cond) typedef char pr_check_##name[(cond) ? 1 : -1]
+PR_CHECK(port_range_is_4_bytes, sizeof(INET_PORT_RANGE) == 4);
+PR_CHECK(token_is_8_bytes, sizeof(INET_PORT_RESERVATION_TOKEN) == 8);
+PR_CHECK(instance_is_16_bytes, sizeof(INET_PORT_RESERVATION_INSTANCE) == 16);
+PR_CHECK(wire_instance_mirrors_instance,
+         sizeof(pr_wire_instance) == sizeof(INET_PORT_RESERVATION_INSTANCE));
+PR_CHECK(token_at_offset_8, offsetof(pr_wire_instance, Token) == 8);
+PR_CHECK(handles_travel_as_uintptr_t,
+         sizeof(SOCKET) == sizeof(uintptr_t) && sizeof(HANDLE) == sizeof(uintptr_t));
 
 const uint32_t pr_sio_acquire_port_reservation = SIO_ACQUIRE_PORT_RESERVATION;
 const uint32_t pr_sio_release_port_reservation = SIO_RELEASE_PORT_RESERVATION;

@@ -6,7 +6,6 @@ _overlapped._block_workers(port) (occupies the port's workers).
 """
 
 import asyncio
-import resource
 import socket
 import sys
 import threading
@@ -34,6 +33,8 @@ async def _until(predicate, what: str, limit: float = 30.0) -> None:
 
 
 def _needs_fds(count: int) -> None:
+    import resource  # POSIX only: the module must still collect on Windows
+
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < count + 200:
         pytest.skip(f"RLIMIT_NOFILE hard limit is below {count + 200}")
 
