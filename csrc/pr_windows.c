@@ -97,12 +97,16 @@ void pr_decode_instance(const unsigned char *in16, pr_instance *out)
 
 /* ---- synchronous ioctls --------------------------------------------------- */
 
+/* A call that says it succeeded but filled less of the output buffer than
+ * the struct it owes us fails with ERROR_INVALID_DATA: never decode zeros. */
 static uint32_t ioctl_sync(uintptr_t s, DWORD code, void *in, DWORD in_size,
                            void *out, DWORD out_size)
 {
     DWORD bytes = 0;
     if (WSAIoctl((SOCKET)s, code, in, in_size, out, out_size, &bytes, NULL, NULL) != 0)
         return (uint32_t)WSAGetLastError();
+    if (bytes < out_size)
+        return ERROR_INVALID_DATA;
     return 0;
 }
 
@@ -318,18 +322,30 @@ static uint32_t internal_status(pr_op *op, DWORD *bytes)
     return (uint32_t)GetLastError();
 }
 
+/* The status of a finished op as the synchronous call would report it: a
+ * Winsock code (10045 where the packet's Win32 code says 50).  Once the socket
+ * is closed only Internal is left, read as a Win32 code. */
+static uint32_t op_status(pr_op *op, DWORD *bytes)
+{
+    DWORD flags = 0;
+    uint32_t err = 0;
+    if (!WSAGetOverlappedResult(op->s, &op->ov, bytes, FALSE, &flags))
+        err = (uint32_t)WSAGetLastError();
+    if (err == WSAENOTSOCK) /* the socket was closed since: Internal has it */
+        err = internal_status(op, bytes);
+    return err;
+}
+
 /* Event ops: read the final status once Internal says the op is over. */
 static int event_poll(pr_op *op)
 {
-    DWORD bytes = 0, flags = 0, err = 0;
+    DWORD bytes = 0;
+    uint32_t err;
     if (op->done)
         return 1;
     if (!HasOverlappedIoCompleted(&op->ov))
         return 0;
-    if (!WSAGetOverlappedResult(op->s, &op->ov, &bytes, FALSE, &flags))
-        err = (DWORD)WSAGetLastError();
-    if (err == WSAENOTSOCK) /* the socket was closed since: Internal has it */
-        err = internal_status(op, &bytes);
+    err = op_status(op, &bytes);
     op_finish(op, err, bytes);
     op_consume(op);
     return 1;
@@ -422,10 +438,16 @@ uint32_t pr_port_new(uintptr_t *port)
     return 0;
 }
 
+/* The completion key of every socket we attach: a packet with another key
+ * was posted by someone else, and its OVERLAPPED is not a pr_op.  (Our own
+ * key per op is pr_op.key.)  The address of a variable of ours, so no other
+ * code in the process picks the same value by chance. */
+static const char iocp_key_owner;
+#define PR_IOCP_KEY ((ULONG_PTR)&iocp_key_owner)
+
 uint32_t pr_port_attach(uintptr_t port, uintptr_t s)
 {
-    /* The completion key is per op (pr_op.key), so the socket's is 0. */
-    if (CreateIoCompletionPort((HANDLE)s, (HANDLE)port, 0, 0) == NULL)
+    if (CreateIoCompletionPort((HANDLE)s, (HANDLE)port, PR_IOCP_KEY, 0) == NULL)
         return (uint32_t)GetLastError();
     return 0;
 }
@@ -445,9 +467,11 @@ uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
         pr_op *op = (pr_op *)entries[i].lpOverlapped;
         DWORD bytes = 0;
         uint32_t status;
-        if (op == NULL)
-            continue; /* a packet posted by someone else */
-        status = internal_status(op, &bytes);
+        /* Posted by someone else (or by pr_port_post): its OVERLAPPED, if
+         * any, is not ours to read or write. */
+        if (op == NULL || entries[i].lpCompletionKey != PR_IOCP_KEY)
+            continue;
+        status = op_status(op, &bytes);
         /* Finished at once: WSAIoctl's own result stands (Wine's packet
          * then says 0 bytes, for FIONREAD at least). */
         if (!op->done)

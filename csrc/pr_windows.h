@@ -32,7 +32,9 @@ void pr_encode_port_range(unsigned int start_port, unsigned int number_of_ports,
 void pr_encode_token(uint64_t token, unsigned char *out8);
 void pr_decode_instance(const unsigned char *in16, pr_instance *out);
 
-/* Synchronous WSAIoctl SIO_{ACQUIRE,RELEASE,ASSOCIATE}_PORT_RESERVATION. */
+/* Synchronous WSAIoctl SIO_{ACQUIRE,RELEASE,ASSOCIATE}_PORT_RESERVATION.
+ * pr_acquire gives ERROR_INVALID_DATA (13) when the call returns fewer bytes
+ * than an INET_PORT_RESERVATION_INSTANCE. */
 uint32_t pr_acquire(uintptr_t s, unsigned int start_port, unsigned int number_of_ports,
                     pr_instance *out);
 uint32_t pr_release(uintptr_t s, uint64_t token);
@@ -86,8 +88,11 @@ uint32_t pr_port_new(uintptr_t *port);
 uint32_t pr_port_attach(uintptr_t port, uintptr_t s);
 /* Dequeue up to max_ops finished ops (GetQueuedCompletionStatusEx) into ops,
  * their count into *count; 258 (WAIT_TIMEOUT) when none came in time.
- * Their status is the Win32 code of the packet (Wine: 50 for an unsupported
- * ioctl).  Ops already freed by their caller are freed here, not returned. */
+ * Their status is the Winsock code, as with an event (Wine: 10045 for an
+ * unsupported ioctl, where the packet itself says Win32 50).  Only packets of
+ * sockets attached by pr_port_attach are decoded; any other packet (posted by
+ * someone else, with their OVERLAPPED or none) is skipped, never written
+ * through.  Ops already freed by their caller are freed here, not returned. */
 uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
                      uint32_t max_ops, uint32_t *count);
 /* Post a packet with no op (PostQueuedCompletionStatus): it wakes a thread

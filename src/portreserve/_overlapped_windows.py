@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as _wait_futures
 from typing import Any, Callable
 
-from . import _args, _errors
+from . import _args, _errors, _windows
 from ._backend import calls
 from ._errors import InvalidParameter, OperationAborted
 from ._overlapped import Completion, Overlapped, _PortBase
@@ -54,8 +54,8 @@ from ._records import PortReservationInstance
 # Windows only; this also tells mypy --platform linux to skip the rest.
 assert sys.platform == "win32"
 
-_WSA_IO_PENDING = 997
-_WAIT_TIMEOUT = 258
+_WSA_IO_PENDING = _errors.ERROR_IO_PENDING
+_WAIT_TIMEOUT = _errors.WAIT_TIMEOUT
 # close() waits this long for the packets of the ops it aborted.  CancelIoEx
 # ends a pending WSAIoctl at once; an op still pending after that is left to
 # the system (the C engine never frees what the kernel may write to).
@@ -72,12 +72,16 @@ class _IoctlOp(Overlapped):
     """An Overlapped that is one overlapped WSAIoctl."""
 
     def __init__(self, call: str, ioctl: str, key: Any, sock: socket.socket,
-                 port: CompletionPort | None, decode: Callable[[bytes], Any]) -> None:
+                 port: CompletionPort | None, decode: Callable[[bytes], Any],
+                 error: Callable[[int, str], Exception] | None = None) -> None:
         super().__init__(call, key)
         self._ioctl = ioctl  # its name, for messages
         self._sock = sock  # kept open (from the collector) while in flight
         self._port = port
         self._decode = decode
+        # The exception for a failed outcome (a Winsock code), as the
+        # synchronous call would raise it.
+        self._error = error or (lambda status, call: _errors.from_winerror(status, call))
         self._out_size = 0
         # Orders op_cancel against op_free: CancelIoEx must never get a freed op.
         self._lock = threading.Lock()
@@ -142,7 +146,9 @@ class _IoctlOp(Overlapped):
             return
         try:
             outcome = None if failure is not None else calls.op_result(handle)
-            out = calls.op_out(handle, self._out_size) if outcome and outcome[0] == 0 else b""
+            # Only the bytes the call says it wrote.
+            out = (calls.op_out(handle, min(outcome[1], self._out_size))
+                   if outcome and outcome[0] == 0 else b"")
         finally:
             calls.op_free(handle)
         if outcome is None:
@@ -151,6 +157,9 @@ class _IoctlOp(Overlapped):
             self._settle(outcome[0], out)
 
     def _settle(self, status: int, out: bytes) -> None:
+        # The same code as the synchronous call for the same mistake, through
+        # an event or a port, with the socket open or closed since.
+        status = _errors.wsa_code(status)
         if status == 0:
             try:
                 value = self._decode(out)
@@ -158,16 +167,16 @@ class _IoctlOp(Overlapped):
                 self.set_exception(exc)
             else:
                 self.set_result(value)
-        elif status == _errors.ERROR_OPERATION_ABORTED and self._aborted_by == "cancel":
+        elif status in _errors.ABORTED and self._aborted_by == "cancel":
             Future.cancel(self)  # PENDING -> CANCELLED
             # ... -> CANCELLED_AND_NOTIFIED, which concurrent.futures.wait() needs.
             self.set_running_or_notify_cancel()
-        elif status == _errors.ERROR_OPERATION_ABORTED:
+        elif status in _errors.ABORTED:
             why = self._aborted_by or ("the socket was closed" if self._sock.fileno() == -1
                                   else "the operation was aborted")
             self.set_exception(OperationAborted(f"{self.call}: {self._ioctl}: {why}"))
         else:
-            self.set_exception(_errors.from_winerror(status, f"{self.call}: {self._ioctl}"))
+            self.set_exception(self._error(status, f"{self.call}: {self._ioctl}"))
 
 
 class CompletionPort(_PortBase):
@@ -327,12 +336,12 @@ class CompletionPort(_PortBase):
 
 def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes,
            out_size: int, decode: Callable[[bytes], Any], port: object,
-           key: Any) -> Overlapped:
+           key: Any, error: Callable[[int, str], Exception] | None = None) -> Overlapped:
     """Issue an overlapped WSAIoctl (arguments already checked, but ``port``)."""
     if port is not None and not isinstance(port, CompletionPort):
         raise TypeError(f"{call}: port must be a CompletionPort or None, "
                         f"not {type(port).__name__}")
-    op = _IoctlOp(call, ioctl, key, sock, port, decode)
+    op = _IoctlOp(call, ioctl, key, sock, port, decode, error)
     if port is not None:
         port._start(op, sock, code, in_data, out_size)
         return op
@@ -347,13 +356,22 @@ def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes
     return op
 
 
+def decode_instance(out: bytes) -> PortReservationInstance:
+    """The instance SIO_ACQUIRE_PORT_RESERVATION wrote; a short result is an error."""
+    size = calls.layout()["instance"]
+    if len(out) != size:
+        raise _errors.from_winerror(
+            _errors.ERROR_INVALID_DATA,
+            f"SIO_ACQUIRE_PORT_RESERVATION returned {len(out)} bytes, not {size}")
+    return PortReservationInstance(*calls.decode_instance(out))
+
+
 def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: int,
             port: object, key: Any) -> Overlapped:
     return _start(call, "SIO_ACQUIRE_PORT_RESERVATION", sock,
                   calls.SIO_ACQUIRE_PORT_RESERVATION,
                   calls.encode_port_range(start_port, number_of_ports),
-                  calls.layout()["instance"],
-                  lambda out: PortReservationInstance(*calls.decode_instance(out)), port, key)
+                  calls.layout()["instance"], decode_instance, port, key)
 
 
 def release(call: str, sock: socket.socket, token: int,
@@ -367,7 +385,8 @@ def associate(call: str, sock: socket.socket, token: int,
               port: object, key: Any) -> Overlapped:
     return _start(call, "SIO_ASSOCIATE_PORT_RESERVATION", sock,
                   calls.SIO_ASSOCIATE_PORT_RESERVATION, calls.encode_token(token), 0,
-                  lambda out: None, port, key)
+                  lambda out: None, port, key,
+                  lambda status, what: _windows.associate_error(status, what, sock, token))
 
 
 def _start_ioctl(sock: socket.socket, code: int, in_data: bytes = b"", out_size: int = 0, *,

@@ -39,6 +39,8 @@ def encode_token(token: int) -> bytes:
 
 
 def decode_instance(data: bytes) -> tuple[int, int, int]:
+    if len(data) != lib.pr_sizeof_instance:  # the C reads exactly that many
+        raise ValueError(f"decode_instance: {len(data)} bytes, not {lib.pr_sizeof_instance}")
     out = ffi.new("pr_instance *")
     lib.pr_decode_instance(data, out)
     return out.start_port, out.number_of_ports, out.token

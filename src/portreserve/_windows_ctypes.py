@@ -39,6 +39,7 @@ _WAIT_FAILED = 0xFFFFFFFF
 _ERROR_NOT_FOUND = 1168
 _ERROR_PROC_NOT_FOUND = 127
 _ERROR_INVALID_FUNCTION = 1
+_ERROR_INVALID_DATA = 13
 
 # INET_PORT_RANGE {USHORT StartPort (network order); USHORT NumberOfPorts},
 # INET_PORT_RESERVATION_TOKEN {ULONG64 Token}, and the instance: range,
@@ -116,7 +117,9 @@ def encode_token(token: int) -> bytes:
 
 
 def decode_instance(data: bytes) -> tuple[int, int, int]:
-    start, count, token = _INSTANCE.unpack(bytes(data[:_INSTANCE.size]))
+    if len(data) != _INSTANCE.size:
+        raise ValueError(f"decode_instance: {len(data)} bytes, not {_INSTANCE.size}")
+    start, count, token = _INSTANCE.unpack(bytes(data))
     return int.from_bytes(start, "big"), count, token
 
 
@@ -127,6 +130,8 @@ def _ioctl(s: int, code: int, in_data: bytes, out_size: int) -> tuple[int, bytes
     if _WSAIoctl(s, code, in_buf, len(in_data), out_buf, out_size, ctypes.byref(returned),
                  None, None) != 0:
         return _err(), b""
+    if returned.value < out_size:  # a short result is not a result
+        return _ERROR_INVALID_DATA, b""
     return 0, out_buf.raw if out_buf is not None else b""
 
 
@@ -275,17 +280,24 @@ def op_start(op: _Op, s: int) -> int:
     return err
 
 
-def _event_poll(op: _Op) -> bool:
-    if op.done:
-        return True
-    if op.ov.Internal == _STATUS_PENDING:
-        return False
-    nbytes, flags = wintypes.DWORD(), wintypes.DWORD()
+def _op_status(op: _Op, nbytes) -> int:
+    """The Winsock status of a finished op, as the synchronous call gives it."""
+    flags = wintypes.DWORD()
     ok = _WSAGetOverlappedResult(op.s, ctypes.byref(op.ov), ctypes.byref(nbytes), False,
                                  ctypes.byref(flags))
     err = 0 if ok else _err()
     if err == _WSAENOTSOCK:  # the socket was closed since: Internal has it
         err = _internal_status(op, nbytes)
+    return err
+
+
+def _event_poll(op: _Op) -> bool:
+    if op.done:
+        return True
+    if op.ov.Internal == _STATUS_PENDING:
+        return False
+    nbytes = wintypes.DWORD()
+    err = _op_status(op, nbytes)
     _finish(op, err, nbytes.value)
     _consume(op)
     return True
@@ -354,8 +366,14 @@ def port_new() -> tuple[int, int]:
     return (0, port) if port else (_err(), 0)
 
 
+# The completion key of every socket we attach (see pr_windows.c): the
+# address of an object of ours, so nobody else picks it by chance.
+_IOCP_KEY_OWNER = ctypes.c_char()
+_IOCP_KEY = ctypes.addressof(_IOCP_KEY_OWNER)
+
+
 def port_attach(port: int, s: int) -> int:
-    return 0 if _CreateIoCompletionPort(s, port, 0, 0) else _err()
+    return 0 if _CreateIoCompletionPort(s, port, _IOCP_KEY, 0) else _err()
 
 
 def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[_Op]]:
@@ -367,11 +385,12 @@ def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[_
         return _err(), []
     ops = []
     for entry in entries[:got.value]:
-        op = _IN_FLIGHT.get(entry.lpOverlapped)
+        # Posted by someone else: not ours to read or write.
+        op = _IN_FLIGHT.get(entry.lpOverlapped) if entry.lpCompletionKey == _IOCP_KEY else None
         if op is None:
-            continue  # posted by someone else
+            continue
         nbytes = wintypes.DWORD()
-        status = _internal_status(op, nbytes)
+        status = _op_status(op, nbytes)
         if not op.done:  # finished at once: WSAIoctl's own result stands
             _finish(op, status, nbytes.value)
         if not _consume(op):

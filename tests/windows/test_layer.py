@@ -5,6 +5,7 @@ import importlib
 import inspect
 import os
 
+import pytest
 
 import portreserve
 from portreserve import Protocol
@@ -72,3 +73,10 @@ def test_token_bytes(calls):
 def test_instance_decoding(calls):
     raw = b"\xc3\x50" + b"\x04\x00" + b"\xee" * 4 + bytes.fromhex("efcdab8967452301")
     assert calls.decode_instance(raw) == (50000, 4, 0x0123456789abcdef)
+
+
+@pytest.mark.parametrize("size", [0, 8, 15, 17])
+def test_instance_decoding_refuses_other_sizes(calls, size):
+    # The C copies exactly 16 bytes: a shorter buffer must never reach it.
+    with pytest.raises(ValueError):
+        calls.decode_instance(b"\0" * size)

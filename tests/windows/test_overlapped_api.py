@@ -21,8 +21,16 @@ from ctypes import wintypes
 
 import pytest
 
-from portreserve import CompletionPort, InvalidParameter, NotSupported, OperationAborted, aio
-from portreserve import _overlapped_windows
+from portreserve import (
+    CompletionPort,
+    InvalidParameter,
+    NotSupported,
+    OperationAborted,
+    PortReservationError,
+    ReservationNotFound,
+    aio,
+)
+from portreserve import _overlapped_windows, _windows
 from portreserve.lowlevel import (
     acquire_port_reservation_overlapped,
     associate_port_reservation_overlapped,
@@ -33,7 +41,6 @@ from wine_detect import WINE, wine_only
 SIO_ADDRESS_LIST_CHANGE = 0x28000017
 FIONREAD = 0x4004667F  # finishes inside WSAIoctl
 WSAEOPNOTSUPP = 10045
-ERROR_NOT_SUPPORTED = 50
 ERROR_OPERATION_ABORTED = 995
 
 _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
@@ -147,8 +154,9 @@ def test_reservation_ioctls_with_port_deliver_each_key_once(sock, port):
     for completion in got:
         assert completion.op is ops[completion.key[1]]
         assert completion.op.done()
-        # Wine: the port's packet says ERROR_NOT_SUPPORTED (50).
-        _assert_not_supported(completion.op.exception(0), {ERROR_NOT_SUPPORTED, WSAEOPNOTSUPP})
+        # Wine: the port's packet says ERROR_NOT_SUPPORTED (50); reported as
+        # the same Winsock code as without a port and as the synchronous call.
+        _assert_not_supported(completion.op.exception(0), {WSAEOPNOTSUPP})
     assert port.get(timeout=0.2) == []  # exactly once
     assert port.fileno() == -1
 
@@ -366,6 +374,68 @@ def test_bad_arguments():
             with pytest.raises(InvalidParameter):
                 p.get(timeout=-1)
             assert p.get(timeout=0) == []
+
+
+# ---- outcomes as the reference pages allow them ------------------------
+
+WSAEINTR = 10004
+
+
+def _op(sock, decode=bytes):
+    return _overlapped_windows._IoctlOp("t", "WSAIoctl", 0, sock, None, decode)
+
+
+def test_cancel_ending_in_wsaeintr_is_cancelled(sock):
+    # The reference pages: an aborted reservation IOCTL ends with
+    # WSA_OPERATION_ABORTED or WSAEINTR.  Either, after our cancel(), is a
+    # cancel; without one it is OperationAborted.
+    for status in (ERROR_OPERATION_ABORTED, WSAEINTR):
+        asked = _op(sock)
+        asked._aborted_by = "cancel"
+        asked._settle(status, b"")
+        assert asked.cancelled(), status
+        unasked = _op(sock)
+        unasked._settle(status, b"")
+        assert isinstance(unasked.exception(0), OperationAborted), status
+
+
+def test_short_result_is_an_error(sock):
+    # A "successful" acquire that wrote less than an instance is not (0, 0, 0).
+    op = _op(sock, _overlapped_windows.decode_instance)
+    op._settle(0, b"\0" * 8)
+    exc = op.exception(0)
+    assert type(exc) is PortReservationError and exc.winerror == 13, exc
+    whole = _op(sock, _overlapped_windows.decode_instance)
+    whole._settle(0, b"\xc3\x50\x04\x00" + b"\0" * 4 + (7).to_bytes(8, "little"))
+    assert tuple(whole.result(0)) == (50000, 4, 7)
+
+
+def test_associate_refused_token_is_not_found(sock):
+    # WSAEINVAL from SIO_ASSOCIATE_PORT_RESERVATION on an unbound socket: the
+    # token is the only input left, so the token is unknown (README).
+    exc = _windows.associate_error(10022, "associate", sock, 0x1234)
+    assert type(exc) is ReservationNotFound and exc.winerror == 1168 and "4660" in str(exc)
+    # Through the overlapped path too.
+    op = _overlapped_windows._IoctlOp(
+        "t", "SIO_ASSOCIATE_PORT_RESERVATION", 0, sock, None, bytes,
+        lambda status, what: _windows.associate_error(status, what, sock, 0x1234))
+    op._settle(10022, b"")
+    assert type(op.exception(0)) is ReservationNotFound
+    sock.bind(("127.0.0.1", 0))  # on a bound socket it is the socket that is wrong
+    exc = _windows.associate_error(10022, "associate", sock, 0x1234)
+    assert type(exc) is InvalidParameter and exc.winerror == 10022
+
+
+def test_get_skips_foreign_packets(port):
+    # A packet posted to our port by someone else, with an OVERLAPPED of
+    # theirs: get() neither returns it nor writes through it.
+    post = _k32.PostQueuedCompletionStatus
+    post.argtypes = [ctypes.c_void_p, wintypes.DWORD, ctypes.c_size_t, ctypes.c_void_p]
+    foreign = ctypes.create_string_buffer(b"\xab" * 96, 96)
+    before = foreign.raw
+    assert post(port._handle, 4, 0, ctypes.addressof(foreign))
+    assert port.get(timeout=0.2) == []
+    assert foreign.raw == before
 
 
 # ---- asyncio, on the default loop (proactor on Windows) ------------------

@@ -8,6 +8,7 @@ event, a completion routine or a completion port.  The port-reservation
 ioctls then go through the same engine.
 """
 
+import ctypes
 import socket
 
 import pytest
@@ -187,10 +188,9 @@ def test_reservation_ioctls_overlapped_not_supported(calls, sock, port, notify):
                 status = _finish(calls, op, port if notify == "NOTIFY_PORT" else None)
             else:
                 status = started
-            # Wine: 10045 through the event or the routine, Win32 50 through
-            # the port; both mean the call is not offered.
-            assert status == (ERROR_NOT_SUPPORTED if notify == "NOTIFY_PORT"
-                              else WSAEOPNOTSUPP), hex(code)
+            # Wine: the port's packet says Win32 50; the layer reports the
+            # Winsock code, as through the event or the routine.
+            assert status == WSAEOPNOTSUPP, hex(code)
             exc = from_winerror(status, "t")
             assert isinstance(exc, NotSupported)
             assert exc.errno == NotSupported.default_errno
@@ -251,3 +251,55 @@ def test_routine_op_freed_by_its_caller_is_freed_by_its_routine(calls, sock):
     assert calls.op_wait(kept, 5000) == 0
     assert calls.op_result(kept)[0] == ERROR_OPERATION_ABORTED
     calls.op_free(kept)
+
+
+_k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+_k32.PostQueuedCompletionStatus.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t,
+                                            ctypes.c_void_p]
+
+
+@pytest.mark.parametrize("key", [0, 0x5A5A])
+def test_port_get_skips_foreign_packets(calls, sock, port, key):
+    # Someone else posts to our port with an OVERLAPPED of theirs (followed
+    # here by guard bytes), or with none.  port_get must skip both, and never
+    # write through theirs: the guard and the OVERLAPPED stay as they were.
+    size = 32  # sizeof(OVERLAPPED) on win64
+    foreign = ctypes.create_string_buffer(b"\xab" * (size + 64), size + 64)
+    before = foreign.raw
+    for overlapped in (ctypes.addressof(foreign), None):
+        assert _k32.PostQueuedCompletionStatus(port, 4, key, overlapped)
+    # Our own op after them still comes through.
+    assert calls.port_attach(port, sock.fileno()) == 0
+    op = _pending(calls, calls.NOTIFY_PORT, sock, key=3)
+    try:
+        assert calls.op_cancel(op) == 0
+        got = []
+        for _ in range(10):
+            err, done = calls.port_get(port, 5000)
+            assert err == 0
+            got += done
+            if got:
+                break
+        assert got == [op]
+        assert calls.op_result(op) == (ERROR_OPERATION_ABORTED, 0)
+    finally:
+        calls.op_free(op)
+    assert foreign.raw == before
+
+
+def test_port_error_is_the_winsock_code(calls, sock, port):
+    # The same mistake gives the same code through a port as through an
+    # event (and as the synchronous call): a control code nobody offers.
+    bogus = 0x98000000 | 0x7ff  # _WSAIOW(IOC_VENDOR, 2047)
+    statuses = []
+    for notify in (calls.NOTIFY_EVENT, calls.NOTIFY_PORT):
+        if notify == calls.NOTIFY_PORT:
+            assert calls.port_attach(port, sock.fileno()) == 0
+        op = calls.op_new(notify, bogus, b"", 0)
+        try:
+            started = calls.op_start(op, sock.fileno())
+            statuses.append(_finish(calls, op, port if notify == calls.NOTIFY_PORT else None)
+                            if started == WSA_IO_PENDING else started)
+        finally:
+            calls.op_free(op)
+    assert statuses[0] == statuses[1] and statuses[0] > 10000, statuses
