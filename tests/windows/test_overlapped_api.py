@@ -1,4 +1,4 @@
-"""The public overlapped API on its Windows layer (_overlapped_windows.py):
+"""The public overlapped API on its Windows layer (_overlapped_iocp.py):
 Overlapped futures over real overlapped WSAIoctl, CompletionPort over a real
 I/O completion port, and portreserve.aio on the default (proactor) loop.
 
@@ -30,7 +30,7 @@ from portreserve import (
     ReservationNotFound,
     aio,
 )
-from portreserve import _overlapped_windows, _windows
+from portreserve import _overlapped_iocp, _windows
 from portreserve.lowlevel import (
     acquire_port_reservation_overlapped,
     associate_port_reservation_overlapped,
@@ -102,7 +102,7 @@ def port():
 
 
 def _pending(sock, port=None, key=0):
-    op = _overlapped_windows._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
+    op = _overlapped_iocp._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
     assert not op.done() and op.running()
     return op
 
@@ -221,7 +221,7 @@ def test_done_callback_may_use_the_port(sock, port):
 def test_too_late_to_cancel(sock, port, with_port):
     # FIONREAD finishes inside WSAIoctl: cancel() finds nothing to abort.
     sock.bind(("127.0.0.1", 0))
-    op = _overlapped_windows._start_ioctl(sock, FIONREAD, b"", 4,
+    op = _overlapped_iocp._start_ioctl(sock, FIONREAD, b"", 4,
                                           port=port if with_port else None, key=1)
     assert op.cancel() is False
     assert not op.cancelled()
@@ -373,7 +373,14 @@ def test_bad_arguments():
                 p.get(max_entries=0)
             with pytest.raises(InvalidParameter):
                 p.get(timeout=-1)
+            # NaN never ends a wait loop; inf means for ever (as None).
+            with pytest.raises(InvalidParameter):
+                p.get(timeout=float("nan"))
             assert p.get(timeout=0) == []
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
+                op = _pending(s2, p, key="inf")
+                op.cancel()
+                assert [(c.key, c.op) for c in p.get(timeout=float("inf"))] == [("inf", op)]
 
 
 # ---- outcomes as the reference pages allow them ------------------------
@@ -382,7 +389,7 @@ WSAEINTR = 10004
 
 
 def _op(sock, decode=bytes):
-    return _overlapped_windows._IoctlOp("t", "WSAIoctl", 0, sock, None, decode)
+    return _overlapped_iocp._IoctlOp("t", "WSAIoctl", 0, sock, None, decode)
 
 
 def test_cancel_ending_in_wsaeintr_is_cancelled(sock):
@@ -401,11 +408,11 @@ def test_cancel_ending_in_wsaeintr_is_cancelled(sock):
 
 def test_short_result_is_an_error(sock):
     # A "successful" acquire that wrote less than an instance is not (0, 0, 0).
-    op = _op(sock, _overlapped_windows.decode_instance)
+    op = _op(sock, _overlapped_iocp.decode_instance)
     op._settle(0, b"\0" * 8)
     exc = op.exception(0)
     assert type(exc) is PortReservationError and exc.winerror == 13, exc
-    whole = _op(sock, _overlapped_windows.decode_instance)
+    whole = _op(sock, _overlapped_iocp.decode_instance)
     whole._settle(0, b"\xc3\x50\x04\x00" + b"\0" * 4 + (7).to_bytes(8, "little"))
     assert tuple(whole.result(0)) == (50000, 4, 7)
 
@@ -416,7 +423,7 @@ def test_associate_refused_token_is_not_found(sock):
     exc = _windows.associate_error(10022, "associate", sock, 0x1234)
     assert type(exc) is ReservationNotFound and exc.winerror == 1168 and "4660" in str(exc)
     # Through the overlapped path too.
-    op = _overlapped_windows._IoctlOp(
+    op = _overlapped_iocp._IoctlOp(
         "t", "SIO_ASSOCIATE_PORT_RESERVATION", 0, sock, None, bytes,
         lambda status, what: _windows.associate_error(status, what, sock, 0x1234))
     op._settle(10022, b"")
@@ -485,7 +492,7 @@ def test_aio_cancel_pending_op():
     started = []
 
     def submit(port, key):
-        op = _overlapped_windows._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
+        op = _overlapped_iocp._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
         started.append(op)
         return op
 

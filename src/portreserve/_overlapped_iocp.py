@@ -1,4 +1,4 @@
-"""The Windows submission layer of the overlapped engine (see _overlapped.py).
+"""The overlapped engine of Windows: an I/O completion port (see _overlapped_types.py).
 
 Every operation is one overlapped WSAIoctl made through the C engine of the
 system-call layer (_backend: pr_windows.c through cffi, or the same steps in
@@ -48,7 +48,7 @@ from typing import Any, Callable
 from . import _args, _errors, _windows
 from ._backend import calls
 from ._errors import InvalidParameter, OperationAborted
-from ._overlapped import Completion, Overlapped, _PortBase
+from ._overlapped_types import Completion, Overlapped, PortBase
 from ._records import PortReservationInstance
 
 # Windows only; this also tells mypy --platform linux to skip the rest.
@@ -127,6 +127,11 @@ class _IoctlOp(Overlapped):
         _wait_futures([self], self._progress(None))
         return self.cancelled()
 
+    def _cancel_nowait(self) -> bool:
+        """CancelIoEx only; the outcome arrives the usual way."""
+        self._request_abort("cancel")
+        return False
+
     def _wait_event(self) -> None:
         """The waiter thread of an event op (the shim releases the GIL)."""
         err = calls.op_wait(self._handle, calls.INFINITE)
@@ -179,7 +184,7 @@ class _IoctlOp(Overlapped):
             self.set_exception(self._error(status, f"{self.call}: {self._ioctl}"))
 
 
-class CompletionPort(_PortBase):
+class CompletionPort(PortBase):
     """An I/O completion port: finished operations, dequeued with their keys.
 
     ``concurrency`` is accepted and checked as on other systems; packets are
@@ -289,9 +294,10 @@ class CompletionPort(_PortBase):
             return True
 
     def get(self, timeout: float | None = None, max_entries: int = 64) -> list[Completion]:
-        """Up to ``max_entries`` finished operations, oldest first; [] on timeout."""
+        """Up to ``max_entries`` finished operations, oldest first; [] after
+        ``timeout`` seconds (None or inf: wait for ever)."""
         call = "CompletionPort.get"
-        max_entries = self._get_args(max_entries, timeout)
+        max_entries, timeout = self._get_args(max_entries, timeout)
         self._check_open(call)
         self._until(lambda: bool(self._ready), timeout)
         with self._cond:
