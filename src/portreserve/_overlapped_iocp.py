@@ -7,7 +7,7 @@ only once the system is done with them.  This module decides who waits for
 the outcome, and keeps each operation - its C op, its socket, its Future -
 alive in Python until the outcome has been consumed.
 
-With a CompletionPort the op notifies the port (NOTIFY_PORT): the socket is
+With a CompletionPort the op notifies the port (NOTIFY_IOCP): the socket is
 attached to the port's IOCP, once and for good (Windows allows one port per
 handle), and the op is over when its packet is dequeued.  Until then it sits
 in the port's ``_pending``, keyed by its C op.  Packets are dequeued by
@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from concurrent.futures import wait as _wait_futures
 from typing import Any, Callable
 
-from . import _args, _errors, _windows
+from . import _errors, _windows
 from ._backend import calls
 from ._errors import InvalidParameter, OperationAborted
 from ._overlapped_types import Completion, Overlapped, PortBase
@@ -90,7 +90,7 @@ class _IoctlOp(Overlapped):
 
     def _new(self, notify: int, code: int, in_data: bytes, out_size: int) -> Any:
         try:
-            self._handle = calls.op_new(notify, code, in_data, out_size, 0)
+            self._handle = calls.op_new(notify, code, in_data, out_size)
         except OSError as exc:
             raise _errors.from_winerror(exc.winerror or 0, f"{self.call}: {self._ioctl}") from None
         self._out_size = out_size
@@ -193,17 +193,17 @@ class CompletionPort(PortBase):
 
     def __init__(self, concurrency: int = 0) -> None:
         self._threads = self._concurrency(concurrency)
-        err, self._handle = calls.port_new()
+        err, self._iocp = calls.iocp_new()
         if err:
             raise _errors.from_winerror(err, "CompletionPort: CreateIoCompletionPort")
         # close() frees it; this only if the port is dropped unclosed.  Not at
         # exit: the process's end frees it anyway.
-        self._free = weakref.finalize(self, calls.port_close, self._handle)
+        self._free = weakref.finalize(self, calls.iocp_close, self._iocp)
         self._free.atexit = False
         self._cond = threading.Condition()
         self._pending: dict[Any, _IoctlOp] = {}  # by C op, until its packet is dequeued
         self._ready: deque[Completion] = deque()  # dequeued, not yet returned by get()
-        self._pumper: int | None = None  # the thread in port_get
+        self._pumper: int | None = None  # the thread in iocp_get
         # Sockets attached to this port, with their handle then: a socket can
         # be attached once (twice fails with 87), and a closed socket's handle
         # value may come back as a new, unattached socket.
@@ -226,7 +226,7 @@ class CompletionPort(PortBase):
             self._check_open(op.call)
             fd = sock.fileno()
             if self._attached.get(sock) != fd:
-                err = calls.port_attach(self._handle, fd)
+                err = calls.iocp_attach(self._iocp, fd)
                 if err == _errors.ERROR_INVALID_PARAMETER:
                     raise InvalidParameter(
                         f"{op.call}: the socket is attached to another completion port "
@@ -234,7 +234,7 @@ class CompletionPort(PortBase):
                 if err:
                     raise _errors.from_winerror(err, f"{op.call}: CreateIoCompletionPort")
                 self._attached[sock] = fd
-            handle = op._new(calls.NOTIFY_PORT, code, in_data, out_size)
+            handle = op._new(calls.NOTIFY_IOCP, code, in_data, out_size)
             # Before op_start: its packet may be dequeued before op_start returns.
             self._pending[handle] = op
             err = calls.op_start(handle, fd)
@@ -281,7 +281,7 @@ class CompletionPort(PortBase):
                 outer, self._pumper = self._pumper, me
                 self._cond.release()
                 try:
-                    err, handles = calls.port_get(self._handle, _ms(left), 64)
+                    err, handles = calls.iocp_get(self._iocp, _ms(left), 64)
                     if err and err != _WAIT_TIMEOUT:
                         raise _errors.from_winerror(
                             err, "CompletionPort: GetQueuedCompletionStatusEx")
@@ -314,7 +314,7 @@ class CompletionPort(PortBase):
             self._ready.clear()
             pending = list(self._pending.values())
             if self._pumper not in (None, me):
-                calls.port_post(self._handle)  # wake it from GetQueuedCompletionStatusEx
+                calls.iocp_post(self._iocp)  # wake it from GetQueuedCompletionStatusEx
             self._cond.notify_all()
         for op in pending:
             op._request_abort("the completion port was closed")
@@ -324,7 +324,7 @@ class CompletionPort(PortBase):
         # the handle goes.
         deadline = time.monotonic() + _CLOSE_DRAIN_SECONDS
         while self._pending and (left := deadline - time.monotonic()) > 0:
-            err, handles = calls.port_get(self._handle, _ms(left), 64)
+            err, handles = calls.iocp_get(self._iocp, _ms(left), 64)
             if err:
                 break
             self._process(handles)
@@ -336,14 +336,17 @@ class CompletionPort(PortBase):
         self._free()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"handle={self._handle:#x}"
+        state = "closed" if self._closed else f"iocp={self._iocp:#x}"
         return f"<CompletionPort {state} concurrency={self.concurrency}>"
 
 
 def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes,
            out_size: int, decode: Callable[[bytes], Any], port: object,
            key: Any, error: Callable[[int, str], Exception] | None = None) -> Overlapped:
-    """Issue an overlapped WSAIoctl (arguments already checked, but ``port``)."""
+    """Issue an overlapped WSAIoctl (arguments already checked, but ``port``).
+
+    Any control code: the tests start one that really pends through here.
+    """
     if port is not None and not isinstance(port, CompletionPort):
         raise TypeError(f"{call}: port must be a CompletionPort or None, "
                         f"not {type(port).__name__}")
@@ -364,7 +367,7 @@ def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes
 
 def decode_instance(out: bytes) -> PortReservationInstance:
     """The instance SIO_ACQUIRE_PORT_RESERVATION wrote; a short result is an error."""
-    size = calls.layout()["instance"]
+    size = calls.INSTANCE_SIZE
     if len(out) != size:
         raise _errors.from_winerror(
             _errors.ERROR_INVALID_DATA,
@@ -377,7 +380,7 @@ def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: in
     return _start(call, "SIO_ACQUIRE_PORT_RESERVATION", sock,
                   calls.SIO_ACQUIRE_PORT_RESERVATION,
                   calls.encode_port_range(start_port, number_of_ports),
-                  calls.layout()["instance"], decode_instance, port, key)
+                  calls.INSTANCE_SIZE, decode_instance, port, key)
 
 
 def release(call: str, sock: socket.socket, token: int,
@@ -394,15 +397,3 @@ def associate(call: str, sock: socket.socket, token: int,
                   lambda out: None, port, key,
                   lambda status, what: _windows.associate_error(status, what, sock, token))
 
-
-def _start_ioctl(sock: socket.socket, code: int, in_data: bytes = b"", out_size: int = 0, *,
-                 port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
-    """Test hook: any control code through this layer; the result is the output buffer.
-
-    SIO_ADDRESS_LIST_CHANGE (0x28000017) really pends, also under Wine, until
-    an address changes: the way to test pending, cancel and close.
-    """
-    call = "_start_ioctl"
-    _args.sock(call, sock)
-    return _start(call, f"WSAIoctl {code:#010x}", sock, code, in_data, out_size, bytes,
-                  port, key)

@@ -5,7 +5,7 @@ I/O completion port, and portreserve.aio on the default (proactor) loop.
 Under Wine the reservation ioctls are not offered, so their tests check that
 the failure arrives the documented way.  SIO_ADDRESS_LIST_CHANGE really pends
 (on Windows and under Wine) until an address changes, which never happens
-during a test: started through the layer's test hook _start_ioctl, it
+during a test: started through the engine's _start (any control code), it
 exercises pending, cancel, closesocket and closing the port.
 """
 
@@ -42,6 +42,12 @@ SIO_ADDRESS_LIST_CHANGE = 0x28000017
 FIONREAD = 0x4004667F  # finishes inside WSAIoctl
 WSAEOPNOTSUPP = 10045
 ERROR_OPERATION_ABORTED = 995
+
+def _start_ioctl(sock, code, in_data=b"", out_size=0, *, port=None, key=0):
+    """Any control code through the engine; the result is the output buffer."""
+    return _overlapped_iocp._start("test", f"WSAIoctl {code:#010x}", sock, code, in_data,
+                                   out_size, bytes, port, key)
+
 
 _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
 _k32.GetCurrentProcess.restype = ctypes.c_void_p
@@ -102,7 +108,7 @@ def port():
 
 
 def _pending(sock, port=None, key=0):
-    op = _overlapped_iocp._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
+    op = _start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
     assert not op.done() and op.running()
     return op
 
@@ -221,8 +227,7 @@ def test_done_callback_may_use_the_port(sock, port):
 def test_too_late_to_cancel(sock, port, with_port):
     # FIONREAD finishes inside WSAIoctl: cancel() finds nothing to abort.
     sock.bind(("127.0.0.1", 0))
-    op = _overlapped_iocp._start_ioctl(sock, FIONREAD, b"", 4,
-                                          port=port if with_port else None, key=1)
+    op = _start_ioctl(sock, FIONREAD, b"", 4, port=port if with_port else None, key=1)
     assert op.cancel() is False
     assert not op.cancelled()
     assert op.result(0) == b"\0\0\0\0"  # nothing queued to read
@@ -440,7 +445,7 @@ def test_get_skips_foreign_packets(port):
     post.argtypes = [ctypes.c_void_p, wintypes.DWORD, ctypes.c_size_t, ctypes.c_void_p]
     foreign = ctypes.create_string_buffer(b"\xab" * 96, 96)
     before = foreign.raw
-    assert post(port._handle, 4, 0, ctypes.addressof(foreign))
+    assert post(port._iocp, 4, 0, ctypes.addressof(foreign))
     assert port.get(timeout=0.2) == []
     assert foreign.raw == before
 
@@ -492,7 +497,7 @@ def test_aio_cancel_pending_op():
     started = []
 
     def submit(port, key):
-        op = _overlapped_iocp._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
+        op = _start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
         started.append(op)
         return op
 
