@@ -356,3 +356,20 @@ def test_exit_with_operations_pending_and_running():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "submitted\n" and result.stderr == ""
+
+
+def test_one_engine_chosen_without_cycles():
+    # The public calls go to the threads engine here; the engines import only
+    # the shared types, never the module that chooses between them.
+    import ast
+    import pathlib
+    from portreserve import _overlapped
+
+    assert _overlapped.CompletionPort is _overlapped_threads.CompletionPort
+    src = pathlib.Path(_overlapped.__file__).parent
+    for engine in ("_overlapped_threads.py", "_overlapped_iocp.py", "_overlapped_types.py"):
+        tree = ast.parse((src / engine).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for alias in node.names} | {
+            node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "_overlapped" not in imported, engine

@@ -81,3 +81,20 @@ def test_instance_decoding_refuses_other_sizes(calls, size):
     # The C copies exactly 16 bytes: a shorter buffer must never reach it.
     with pytest.raises(ValueError):
         calls.decode_instance(b"\0" * size)
+
+
+def test_overlapped_engines_keep_one_interface():
+    # _overlapped.py picks one engine per system; both offer the same calls
+    # and the same CompletionPort surface (the threads engine imports here too).
+    from portreserve import _overlapped, _overlapped_iocp, _overlapped_threads
+
+    assert _overlapped.CompletionPort is _overlapped_iocp.CompletionPort
+    for name in ("acquire", "release", "associate"):
+        iocp, threads = getattr(_overlapped_iocp, name), getattr(_overlapped_threads, name)
+        assert inspect.signature(iocp).parameters.keys() == \
+            inspect.signature(threads).parameters.keys(), name
+
+    def surface(cls):
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert surface(_overlapped_iocp.CompletionPort) == surface(_overlapped_threads.CompletionPort)
