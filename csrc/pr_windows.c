@@ -403,7 +403,7 @@ uint32_t pr_iocp_new(uintptr_t *iocp)
 /* The completion key of every socket we attach: a packet with another key
  * was posted by someone else, and its OVERLAPPED is not a pr_op.  The address of a variable of ours, so no other code in the process picks
  * the same value by chance. */
-static const char iocp_key_owner;
+static const char iocp_key_owner = 0;
 #define PR_IOCP_KEY ((ULONG_PTR)&iocp_key_owner)
 
 uint32_t pr_iocp_attach(uintptr_t iocp, uintptr_t s)
