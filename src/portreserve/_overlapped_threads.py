@@ -39,7 +39,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from ._engine import engine
-from ._errors import InvalidParameter, OperationAborted
+from ._errors import InvalidParameter, OperationAborted, from_errno
 from ._overlapped_types import Completion, Overlapped, PortBase
 from ._records import PortReservationInstance
 
@@ -224,7 +224,10 @@ class CompletionPort(PortBase):
         self._done: deque[Completion] = deque()
         # Invariant, kept under _cond: the pipe holds one byte exactly while
         # _done is not empty, so its read end is readable exactly then.
-        self._fd, self._wfd = os.pipe()  # close-on-exec, as Python makes them
+        try:
+            self._fd, self._wfd = os.pipe()  # close-on-exec, as Python makes them
+        except OSError as exc:  # no descriptor left
+            raise from_errno(exc.errno, "CompletionPort") from None
         self._close_fd = weakref.finalize(self, _close_pipe, self._fd, self._wfd)
         # Not at exit: operations aborted by _close_all may still post.
         self._close_fd.atexit = False
