@@ -11,18 +11,17 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-# Windows codes, named as in winerror.h / winsock2.h.  Every module that
-# needs one takes it from here.
+# Windows codes, named as in winerror.h / winsock2.h.
 ERROR_INVALID_FUNCTION = 1
 ERROR_ACCESS_DENIED = 5
-ERROR_INVALID_DATA = 13  # our own: a call "succeeded" with a short result
-ERROR_SHARING_VIOLATION = 32
-ERROR_INVALID_PARAMETER = 87
-ERROR_NOT_SUPPORTED = 50
-ERROR_PROC_NOT_FOUND = 127
-ERROR_OPERATION_ABORTED = 995  # == WSA_OPERATION_ABORTED
 ERROR_NOT_ENOUGH_MEMORY = 8
+ERROR_INVALID_DATA = 13  # ours too: a call "succeeded" with a short result
+ERROR_SHARING_VIOLATION = 32
+ERROR_NOT_SUPPORTED = 50
+ERROR_INVALID_PARAMETER = 87
+ERROR_PROC_NOT_FOUND = 127
 WAIT_TIMEOUT = 258
+ERROR_OPERATION_ABORTED = 995  # == WSA_OPERATION_ABORTED
 ERROR_IO_PENDING = 997  # == WSA_IO_PENDING
 ERROR_NOT_FOUND = 1168
 WSAEINTR = 10004
