@@ -13,17 +13,23 @@ import os
 from typing import Any
 
 # Windows codes, named as in winerror.h / winsock2.h.
+ERROR_INVALID_FUNCTION = 1
 ERROR_ACCESS_DENIED = 5
+ERROR_NOT_ENOUGH_MEMORY = 8
+ERROR_INVALID_DATA = 13  # ours too: a call "succeeded" with a short result
 ERROR_SHARING_VIOLATION = 32
-ERROR_INVALID_PARAMETER = 87
 ERROR_NOT_SUPPORTED = 50
+ERROR_INVALID_PARAMETER = 87
 ERROR_PROC_NOT_FOUND = 127
+WAIT_TIMEOUT = 258
 ERROR_OPERATION_ABORTED = 995  # == WSA_OPERATION_ABORTED
+ERROR_IO_PENDING = 997  # == WSA_IO_PENDING
 ERROR_NOT_FOUND = 1168
 WSAEINTR = 10004
 WSAEACCES = 10013
 WSAEINVAL = 10022
 WSAEMFILE = 10024
+WSAENOTSOCK = 10038
 WSAEOPNOTSUPP = 10045
 WSAEADDRINUSE = 10048
 WSAENOBUFS = 10055
@@ -141,7 +147,31 @@ _BY_WINERROR = {
     ERROR_PROC_NOT_FOUND: NotSupported,
     ERROR_OPERATION_ABORTED: OperationAborted,
     WSAEINTR: OperationAborted,
+    # Winsock's usual "no port left" (bind to port 0, a wildcard acquire).
+    WSAENOBUFS: ReservationExhausted,
 }
+
+# The classes whose winerror the contract fixes, whatever code Windows gave
+# (the message keeps that code).
+_FIXED_WINERROR = (ReservationExhausted, ReservationNotFound)
+
+# An overlapped op's outcome as a Win32 code (read from the OVERLAPPED of a
+# socket closed since) -> the Winsock code the synchronous call reports for
+# the same mistake.  995 is both.
+_WSA_FOR_WIN32 = {
+    ERROR_NOT_SUPPORTED: WSAEOPNOTSUPP,
+    ERROR_INVALID_PARAMETER: WSAEINVAL,
+    ERROR_ACCESS_DENIED: WSAEACCES,
+}
+
+# The outcomes of an op whose abort we asked for: the reference pages say
+# the reservation IOCTLs end with WSA_OPERATION_ABORTED or WSAEINTR then.
+ABORTED = frozenset({ERROR_OPERATION_ABORTED, WSAEINTR})
+
+
+def wsa_code(code: int) -> int:
+    """The Winsock code for ``code`` of an overlapped socket op (see _WSA_FOR_WIN32)."""
+    return _WSA_FOR_WIN32.get(code, code)
 
 # POSIX codes reported by the system -> (class, winerror of the socket family).
 _BY_ERRNO = {
@@ -161,11 +191,20 @@ _BY_ERRNO = {
 }
 
 
-def from_winerror(code: int, call: str) -> PortReservationError:
-    """The exception for a Windows error ``code`` reported by ``call``."""
+def from_winerror(code: int, call: str, *, token: int | None = None) -> PortReservationError:
+    """The exception for a Windows error ``code`` reported by ``call``.
+
+    ``token``: the call took that reservation token and no other input
+    Windows could refuse, so WSAEINVAL (the reference pages' "input
+    parameter is not acceptable") means Windows knows no such token:
+    ReservationNotFound, as on every system.
+    """
     cls = _BY_WINERROR.get(code, PortReservationError)
-    posix = cls.default_errno or _errno.EIO
-    return cls(f"{call} failed with Windows error {code}", winerror=code, errno=posix)
+    text = f"{call} failed with Windows error {code}"
+    if token is not None and code == WSAEINVAL:
+        cls, text = ReservationNotFound, f"{text}: Windows knows no reservation {token}"
+    winerror = cls.default_winerror if cls in _FIXED_WINERROR else code
+    return cls(text, winerror=winerror, errno=cls.default_errno or _errno.EIO)
 
 
 def from_errno(code: int | None, call: str) -> PortReservationError:

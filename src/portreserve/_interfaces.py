@@ -181,21 +181,18 @@ class WindowsCalls(typing.Protocol):
 
     Implemented by _windows_cffi.py (the compiled shim) and _windows_ctypes.py.
     Nothing raises for a system failure: calls return the Windows error code
-    of the failing call (0 = success), first in a tuple when there is a result.
-    ``udp`` picks the Udp form of the iphlpapi functions.
+    of the failing call (0 = success), first in a tuple when there is a
+    result.  ``s`` is a SOCKET (``sock.fileno()``); ``udp`` picks the Udp form
+    of the iphlpapi functions; timeouts are in milliseconds (``INFINITE``).
     """
 
     SIO_ACQUIRE_PORT_RESERVATION: int
     SIO_RELEASE_PORT_RESERVATION: int
     SIO_ASSOCIATE_PORT_RESERVATION: int
-    SIO_ADDRESS_LIST_CHANGE: int
+    INSTANCE_SIZE: int
     NOTIFY_EVENT: int
-    NOTIFY_ROUTINE: int
-    NOTIFY_PORT: int
+    NOTIFY_IOCP: int
     INFINITE: int
-
-    def layout(self) -> dict[str, int]:
-        """Sizes (bytes) of the structs that reach WSAIoctl."""
 
     def encode_port_range(self, start_port: int, number_of_ports: int) -> bytes:
         """INET_PORT_RANGE, StartPort in network byte order."""
@@ -227,19 +224,42 @@ class WindowsCalls(typing.Protocol):
                           number_of_ports: int) -> tuple[int, int]:
         """LookupPersistent{Tcp,Udp}PortReservation: (error, token)."""
 
-    # The overlapped engine: an op is one overlapped WSAIoctl; a port is an
-    # I/O completion port handle.
-    def op_new(self, notify: int, code: int, in_data: bytes, out_size: int,
-               key: int = 0) -> Op: ...
-    def op_start(self, op: Op, s: int) -> int: ...
-    def op_result(self, op: Op) -> tuple[int, int] | None: ...
-    def op_wait(self, op: Op, timeout_ms: int = 0xFFFFFFFF) -> int: ...
-    def op_cancel(self, op: Op) -> int: ...
-    def op_out(self, op: Op, size: int) -> bytes: ...
-    def op_key(self, op: Op) -> int: ...
-    def op_free(self, op: Op) -> None: ...
-    def port_new(self) -> tuple[int, int]: ...
-    def port_attach(self, port: int, s: int) -> int: ...
-    def port_get(self, port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[Op]]: ...
-    def port_post(self, port: int) -> int: ...
-    def port_close(self, port: int) -> int: ...
+    # Overlapped WSAIoctl: an op is one call with its WSAOVERLAPPED and
+    # buffers, owned by the layer until its completion has been consumed;
+    # an iocp is an I/O completion port handle.
+    def op_new(self, notify: int, code: int, in_data: bytes, out_size: int) -> Op:
+        """A new op notified by an event or an IOCP (``notify``); MemoryError/OSError."""
+
+    def op_start(self, op: Op, s: int) -> int:
+        """Issue the overlapped WSAIoctl; 0 or WSA_IO_PENDING when under way."""
+
+    def op_result(self, op: Op) -> tuple[int, int] | None:
+        """(status, bytes) once the op has finished, else None."""
+
+    def op_wait(self, op: Op, timeout_ms: int = 0xFFFFFFFF) -> int:
+        """Wait for an event op to finish."""
+
+    def op_cancel(self, op: Op) -> int:
+        """CancelIoEx on the op."""
+
+    def op_out(self, op: Op, size: int) -> bytes:
+        """The op's output buffer, at most ``size`` bytes."""
+
+    def op_free(self, op: Op) -> None:
+        """Give the op back (freed once the system is done with it)."""
+
+    def iocp_new(self) -> tuple[int, int]:
+        """CreateIoCompletionPort: (error, handle)."""
+
+    def iocp_attach(self, iocp: int, s: int) -> int:
+        """Associate socket ``s`` with the IOCP."""
+
+    def iocp_get(self, iocp: int, timeout_ms: int,
+                 max_ops: int = 64) -> tuple[int, list[Op]]:
+        """GetQueuedCompletionStatusEx: (error, finished ops)."""
+
+    def iocp_post(self, iocp: int) -> int:
+        """PostQueuedCompletionStatus: wake a waiting ``iocp_get``."""
+
+    def iocp_close(self, iocp: int) -> int:
+        """CloseHandle on the IOCP."""
