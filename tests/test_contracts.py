@@ -139,7 +139,12 @@ def test_block_classes_keep_the_protocol(cls):
 def test_a_real_block_has_every_member_with_its_type(protocol):
     from portreserve._engine import engine
 
-    block = engine.reserve(protocol, 0, 2)
+    try:
+        block = engine.reserve(protocol, 0, 2)
+    except portreserve.NotSupported:
+        if not WINDOWS:
+            raise
+        pytest.skip("this Windows lacks the reservation calls (Wine)")
     try:
         assert isinstance(block, _interfaces.Block)
         assert (type(block.start), type(block.count), type(block.token)) == (int, int, int)
