@@ -43,6 +43,7 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
+from ._port_list import parse_port_list
 from ._records import PortReservationInstance, Protocol
 
 _LINUX = sys.platform.startswith("linux")
@@ -57,20 +58,13 @@ _associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDict
 
 
 def _new_token() -> int:
+    """A token nobody can guess: 64 bits from the system's CSPRNG (not our
+    seeded generator, whose output can be predicted and repeats after fork),
+    non-zero and unique among this process's live reservations."""
     while True:
-        token = _random.getrandbits(64)
+        token = int.from_bytes(os.urandom(8), "little")
         if token and token not in _blocks:
             return token
-
-
-def parse_port_list(text: str) -> list[tuple[int, int]]:
-    """'8080,9000-9010' -> [(8080, 8080), (9000, 9010)]."""
-    spans = []
-    for part in text.replace("\n", "").split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            spans.append((int(lo), int(hi or lo)))
-    return spans
 
 
 def _raise_nofile_limit() -> bool:

@@ -69,7 +69,7 @@ from ._backend import calls
 from ._errors import (ERROR_ACCESS_DENIED, ERROR_SHARING_VIOLATION, AccessDenied,
                       InvalidParameter, PortReservationError, ReservationConflict,
                       ReservationExhausted, ReservationNotFound, from_errno)
-from ._linux import parse_port_list
+from ._port_list import parse_port_list
 from ._records import PersistentReservation, Protocol
 
 RESERVED_PORTS = "/proc/sys/net/ipv4/ip_local_reserved_ports"
