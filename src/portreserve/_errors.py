@@ -110,6 +110,19 @@ _BY_WINERROR = {
     WSAEINTR: OperationAborted,
 }
 
+# Windows codes for system errors outside the table of API.md section 3
+# (winerror.h / winsock2.h), so that no error carries winerror 0.
+ERROR_GEN_FAILURE = 31  # no closer Windows code
+ERROR_DISK_FULL = 112
+ERROR_FILE_CORRUPT = 1392
+ERROR_TIMEOUT = 1460
+WSAEBADF = 10009
+WSAEWOULDBLOCK = 10035
+WSAENOTSOCK = 10038
+WSAEADDRNOTAVAIL = 10049
+WSAENETUNREACH = 10051
+WSAETIMEDOUT = 10060
+
 # POSIX codes reported by the system -> (class, winerror of the socket family).
 _BY_ERRNO = {
     _errno.EINVAL: (InvalidParameter, WSAEINVAL),
@@ -125,6 +138,14 @@ _BY_ERRNO = {
     _errno.ENFILE: (PortReservationError, WSAEMFILE),
     _errno.ENOBUFS: (PortReservationError, WSAENOBUFS),
     _errno.ENOMEM: (PortReservationError, WSAENOBUFS),
+    _errno.ENOSPC: (PortReservationError, ERROR_DISK_FULL),
+    _errno.EDQUOT: (PortReservationError, ERROR_DISK_FULL),
+    _errno.EBADF: (PortReservationError, WSAEBADF),
+    _errno.EAGAIN: (PortReservationError, WSAEWOULDBLOCK),
+    _errno.ENOTSOCK: (PortReservationError, WSAENOTSOCK),
+    _errno.EADDRNOTAVAIL: (PortReservationError, WSAEADDRNOTAVAIL),
+    _errno.ENETUNREACH: (PortReservationError, WSAENETUNREACH),
+    _errno.ETIMEDOUT: (PortReservationError, WSAETIMEDOUT),
 }
 
 
@@ -138,7 +159,7 @@ def from_winerror(code: int, call: str) -> PortReservationError:
 def from_errno(code: int | None, call: str) -> PortReservationError:
     """The exception for a POSIX ``code`` reported by ``call``."""
     code = code or _errno.EIO
-    cls, winerror = _BY_ERRNO.get(code, (PortReservationError, 0))
+    cls, winerror = _BY_ERRNO.get(code, (PortReservationError, ERROR_GEN_FAILURE))
     text = _errno.errorcode.get(code, str(code))
     return cls(f"{call} failed: {text} ({os.strerror(code)})",
                winerror=winerror, errno=code)
