@@ -15,6 +15,7 @@ from ._errors import (
     ReservationConflict,
     ReservationExhausted,
     ReservationNotFound,
+    from_errno,
 )
 from ._overlapped import Completion, CompletionPort
 from ._persistent_api import create_persistent, delete_persistent, list_persistent, lookup_persistent
@@ -52,5 +53,8 @@ def __getattr__(name: str):
     # portreserve.aio without importing asyncio for everyone who does not use it.
     if name == "aio":
         import importlib
-        return importlib.import_module("portreserve.aio")
+        try:
+            return importlib.import_module("portreserve.aio")
+        except OSError as exc:  # its source could not be opened: no descriptor left
+            raise from_errno(exc.errno, "portreserve.aio") from None
     raise AttributeError(f"module 'portreserve' has no attribute {name!r}")

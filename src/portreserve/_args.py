@@ -92,6 +92,15 @@ def sock_matches(call: str, value: socket.socket, expected: Protocol) -> None:
             f"reservation")
 
 
+def family(call: str, value: object) -> int:
+    """An address family a reservation's socket can have: AF_INET or AF_INET6."""
+    value = _int(call, "family", value)
+    if value not in (socket.AF_INET, socket.AF_INET6):
+        raise InvalidParameter(f"{call}: address family {value} is not AF_INET "
+                               f"({int(socket.AF_INET)}) or AF_INET6 ({int(socket.AF_INET6)})")
+    return value
+
+
 def host(call: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{call}: host must be a str, not {type(value).__name__}")

@@ -2,7 +2,11 @@
 
 import sys
 
-if sys.platform == "win32":
+from ._backend import calls, refused
+
+if refused is not None:
+    engine = calls  # PORTRESERVE_BACKEND names no backend: every call refuses
+elif sys.platform == "win32":
     from . import _windows as engine
 else:
     from . import _linux as engine

@@ -36,6 +36,7 @@ import threading
 import weakref
 
 from . import _errors
+from . import _persistent as _store  # imported now: later, no descriptor may be left
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -358,8 +359,7 @@ def _persistent():
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
-    from . import _persistent
-    return _persistent
+    return _store
 
 
 def create_persistent(protocol, start, count):

@@ -75,7 +75,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import _args
 from ._engine import engine
-from ._errors import InvalidParameter, OperationAborted
+from ._errors import InvalidParameter, OperationAborted, from_errno
 from ._records import PortReservationInstance
 
 # A worker with nothing to do for this long exits; the next operation starts
@@ -315,7 +315,10 @@ class CompletionPort(_PortBase):
         if sys.platform != "win32":
             # Invariant, kept under _cond: the pipe holds one byte exactly
             # while _done is not empty, so its read end is readable exactly then.
-            self._fd, self._wfd = os.pipe()  # close-on-exec, as Python makes them
+            try:
+                self._fd, self._wfd = os.pipe()  # close-on-exec, as Python makes them
+            except OSError as exc:  # no descriptor left
+                raise from_errno(exc.errno, "CompletionPort") from None
             self._close_fd = weakref.finalize(self, _close_pipe, self._fd, self._wfd)
             # Not at exit: operations aborted by _close_all may still post.
             self._close_fd.atexit = False

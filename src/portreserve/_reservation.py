@@ -6,7 +6,7 @@ import socket
 
 from . import _args
 from ._engine import engine
-from ._errors import InvalidParameter
+from ._errors import InvalidParameter, from_errno
 from ._records import Protocol
 
 
@@ -37,7 +37,11 @@ class Reservation:
 
     def socket(self, family: int = socket.AF_INET, host: str = "") -> socket.socket:
         """A new socket of the reservation's protocol, bound to a port of the block."""
-        sock = socket.socket(family, self.protocol.socket_type)
+        family = _args.family("Reservation.socket", family)
+        try:
+            sock = socket.socket(family, self.protocol.socket_type)
+        except OSError as exc:  # no descriptor left, no IPv6
+            raise from_errno(exc.errno, "Reservation.socket") from None
         try:
             self.bind(sock, host)
         except BaseException:
