@@ -287,14 +287,14 @@ class _Store:
     reader finds no store at all.
     """
 
-    def __init__(self, call: str, *, write: bool) -> None:
+    def __init__(self, call: str, *, write: bool, create: bool = True) -> None:
         self.call, self.path = call, state_dir()
         self.name = _netns_key() + ".json"
         self.state_path = os.path.join(self.path, self.name)
         self.dir_fd: int | None = None
         self.owners = owners = {os.geteuid()} if write else {0, os.geteuid()}
         made = False
-        if write:
+        if write and create:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, 0o755, exist_ok=True)
             try:
@@ -305,7 +305,7 @@ class _Store:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            if write:
+            if write and create:
                 raise
             return
         except OSError as exc:
@@ -511,9 +511,16 @@ class _Change:
         self.state, self.kernel = new, self.kernel - ports
 
 
+class _NoStore(Exception):
+    """_change(create=False) found no state directory: there is nothing to change."""
+
+
 @contextmanager
-def _change(call: str) -> Iterator[_Change]:
-    """Hold the lock; fail with AccessDenied before anything changes if we may not write."""
+def _change(call: str, *, create: bool = True) -> Iterator[_Change]:
+    """Hold the lock; fail with AccessDenied before anything changes if we may not write.
+
+    ``create=False`` (delete): raise _NoStore rather than make a missing store.
+    """
     with _failing_as(call):
         # Privilege is the kernel's answer to opening the sysctl for writing
         # (CAP_NET_ADMIN over this namespace), not a uid test.  Asked first,
@@ -525,7 +532,9 @@ def _change(call: str) -> Iterator[_Change]:
         store = None
         lock = -1
         try:
-            store = _Store(call, write=True)
+            store = _Store(call, write=True, create=create)
+            if store.dir_fd is None:
+                raise _NoStore
             lock = store.lock()
             state = store.load()  # checked whole before anything of it is applied
             store.sweep()
@@ -615,17 +624,21 @@ def create(protocol: Protocol, start: int, count: int) -> int:
 
 def delete(protocol: Protocol, start: int, count: int) -> None:
     call = f"delete_persistent_{protocol.value}_port_reservation"
-    with _change(call) as change:
-        new = change.state.copy()
-        r = new.find(protocol, start, count)
-        if r is None:
-            raise ReservationNotFound(f"{call}: no persistent {protocol.value.upper()} "
-                                      f"reservation of {start}..{start + count - 1}")
-        new.reservations.remove(r)
-        # Unlist only ports we listed that no reservation (of either protocol) covers.
-        ports = (set(range(start, start + count)) & new.added) - new.reserved()
-        new.added -= ports
-        change.remove(new, ports)
+    missing = ReservationNotFound(f"{call}: no persistent {protocol.value.upper()} "
+                                  f"reservation of {start}..{start + count - 1}")
+    try:
+        with _change(call, create=False) as change:
+            new = change.state.copy()
+            r = new.find(protocol, start, count)
+            if r is None:
+                raise missing
+            new.reservations.remove(r)
+            # Unlist only ports we listed that no reservation (of either protocol) covers.
+            ports = (set(range(start, start + count)) & new.added) - new.reserved()
+            new.added -= ports
+            change.remove(new, ports)
+    except _NoStore:
+        raise missing from None
 
 
 def lookup(protocol: Protocol, start: int, count: int) -> int:
