@@ -94,6 +94,18 @@ class OperationAborted(PortReservationError):
     default_winerror = ERROR_OPERATION_ABORTED
 
 
+# Windows codes for system errors outside the table of API.md section 3
+# (winerror.h / winsock2.h), so that no error carries winerror 0.
+ERROR_GEN_FAILURE = 31  # no closer Windows code
+ERROR_DISK_FULL = 112
+ERROR_FILE_CORRUPT = 1392
+ERROR_TIMEOUT = 1460
+WSAEBADF = 10009
+WSAEWOULDBLOCK = 10035
+WSAEADDRNOTAVAIL = 10049
+WSAENETUNREACH = 10051
+WSAETIMEDOUT = 10060
+
 # Windows codes reported by the system -> class.  Used by the Windows engine.
 _BY_WINERROR = {
     ERROR_ACCESS_DENIED: AccessDenied,
@@ -110,19 +122,6 @@ _BY_WINERROR = {
     WSAEINTR: OperationAborted,
 }
 
-# Windows codes for system errors outside the table of API.md section 3
-# (winerror.h / winsock2.h), so that no error carries winerror 0.
-ERROR_GEN_FAILURE = 31  # no closer Windows code
-ERROR_DISK_FULL = 112
-ERROR_FILE_CORRUPT = 1392
-ERROR_TIMEOUT = 1460
-WSAEBADF = 10009
-WSAEWOULDBLOCK = 10035
-WSAENOTSOCK = 10038
-WSAEADDRNOTAVAIL = 10049
-WSAENETUNREACH = 10051
-WSAETIMEDOUT = 10060
-
 # POSIX codes reported by the system -> (class, winerror of the socket family).
 _BY_ERRNO = {
     _errno.EINVAL: (InvalidParameter, WSAEINVAL),
@@ -134,18 +133,17 @@ _BY_ERRNO = {
     _errno.ENOPROTOOPT: (NotSupported, WSAEOPNOTSUPP),
     _errno.EAFNOSUPPORT: (NotSupported, WSAEOPNOTSUPP),
     _errno.ECANCELED: (OperationAborted, ERROR_OPERATION_ABORTED),
-    _errno.EMFILE: (PortReservationError, WSAEMFILE),
-    _errno.ENFILE: (PortReservationError, WSAEMFILE),
-    _errno.ENOBUFS: (PortReservationError, WSAENOBUFS),
-    _errno.ENOMEM: (PortReservationError, WSAENOBUFS),
     _errno.ENOSPC: (PortReservationError, ERROR_DISK_FULL),
     _errno.EDQUOT: (PortReservationError, ERROR_DISK_FULL),
     _errno.EBADF: (PortReservationError, WSAEBADF),
     _errno.EAGAIN: (PortReservationError, WSAEWOULDBLOCK),
-    _errno.ENOTSOCK: (PortReservationError, WSAENOTSOCK),
     _errno.EADDRNOTAVAIL: (PortReservationError, WSAEADDRNOTAVAIL),
     _errno.ENETUNREACH: (PortReservationError, WSAENETUNREACH),
     _errno.ETIMEDOUT: (PortReservationError, WSAETIMEDOUT),
+    _errno.EMFILE: (PortReservationError, WSAEMFILE),
+    _errno.ENFILE: (PortReservationError, WSAEMFILE),
+    _errno.ENOBUFS: (PortReservationError, WSAENOBUFS),
+    _errno.ENOMEM: (PortReservationError, WSAENOBUFS),
 }
 
 

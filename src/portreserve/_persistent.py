@@ -4,7 +4,7 @@ Windows keeps persistent reservations in its TCP/IP stack's own store.  Linux
 has none, so this module keeps one, per network namespace, and mirrors it into
 /proc/sys/net/ipv4/ip_local_reserved_ports, which keeps the ports out of
 automatic assignment (bind port 0, connect, sendto) for TCP and UDP alike.
-Explicit binds are not stopped by the kernel list (docs: LINUX notes).
+Explicit binds are not stopped by the kernel list, as LINUX.md records.
 
 Layout of ``$PORTRESERVE_STATE_DIR`` (default /var/lib/portreserve)::
 
