@@ -79,7 +79,7 @@ FULL_TABLE = """
     calls = {
         "reserve": lambda: portreserve.reserve(3),
         "reserve(1)": lambda: portreserve.reserve(1, protocol="udp"),
-        "Reservation.socket": lambda: res.socket(),
+        "Reservation.socket": lambda: res.socket(socket.AF_INET),  # a new socket, not the holder
         "create_persistent": lambda: portreserve.create_persistent(5000, 2),
         "lookup_persistent": lambda: portreserve.lookup_persistent(5000, 2),
         "delete_persistent": lambda: portreserve.delete_persistent(5000, 2),
