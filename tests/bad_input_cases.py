@@ -121,6 +121,14 @@ def cases() -> list[dict]:
     add("portreserve.bind(tcp, res.token, host=5)", TYPE, "host")
     add("portreserve.bind(tcp, 'x')", TYPE, "token")
     add("portreserve.bind(None, res.token)", TYPE, "None")
+    # Hosts that are no address of the socket's family.
+    for host in ("not-an-address", "::1", "10.0.0.1.5", "bogus.invalid", "256.1.1.1"):
+        add(f"portreserve.bind(tcp, res.token, {host!r})", TCP_EINVAL, repr(host))
+        add(f"res.bind(tcp, {host!r})", TCP_EINVAL, repr(host))
+    for host in ("127.0.0.1", "0.0.0.0", "not-an-address"):
+        add(f"res.bind(tcp6, {host!r})", TCP_EINVAL, repr(host))
+    add("res.socket(socket.AF_INET, host='::')", TCP_EINVAL, "'::'")
+    add("res.socket(host='bogus.invalid')", TCP_EINVAL, "'bogus.invalid'")
     add("res.bind(udp)", TCP_EINVAL, "TCP")
     add("res.bind(closed)", TCP_EINVAL, "closed")
     add("res.bind(unix)", NOT_SUPPORTED, "AF_UNIX")
@@ -232,7 +240,7 @@ def run_case(case: dict, state_dir: str) -> str | None:
     import portreserve
     from portreserve import lowlevel
     aio = portreserve.aio
-    objs = {"tcp": socket.socket(), "udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    objs = {"tcp": socket.socket(), "tcp6": socket.socket(socket.AF_INET6), "udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
             "closed": socket.socket(), "unix": socket.socket(socket.AF_UNIX),
             "unixdgram": socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM),
             "bound": socket.socket()}
