@@ -73,6 +73,7 @@ FULL_TABLE = """
     inst = lowlevel.acquire_port_reservation(sock6, 0, 2)
     cport = portreserve.CompletionPort()
     loop = asyncio.new_event_loop()
+    portreserve.aio  # imported now: a first import needs descriptors itself
     # Hard limit too: the engine raises the soft limit to the hard one on EMFILE.
     limit = len(os.listdir("/proc/self/fd")) + 40
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))

@@ -15,7 +15,6 @@ from ._errors import (
     ReservationConflict,
     ReservationExhausted,
     ReservationNotFound,
-    from_errno,
 )
 from ._overlapped import Completion, CompletionPort
 from ._persistent_api import create_persistent, delete_persistent, list_persistent, lookup_persistent
@@ -53,8 +52,5 @@ def __getattr__(name: str):
     # portreserve.aio without importing asyncio for everyone who does not use it.
     if name == "aio":
         import importlib
-        try:
-            return importlib.import_module("portreserve.aio")
-        except OSError as exc:  # its source could not be opened: no descriptor left
-            raise from_errno(exc.errno, "portreserve.aio") from None
+        return importlib.import_module("portreserve.aio")
     raise AttributeError(f"module 'portreserve' has no attribute {name!r}")
