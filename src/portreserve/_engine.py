@@ -7,7 +7,9 @@ call ``engine.*`` after checking arguments.
 from __future__ import annotations
 
 import sys
+from typing import cast
 
+from ._backend import calls, refused
 from ._interfaces import Engine
 
 if sys.platform == "win32":
@@ -17,5 +19,7 @@ else:
 
 # A module as a Protocol instance: mypy checks every member's signature here.
 engine: Engine = _impl
+if refused is not None:  # PORTRESERVE_BACKEND names no backend: every call refuses
+    engine = cast(Engine, calls)
 
 __all__ = ["engine"]

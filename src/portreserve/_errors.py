@@ -32,6 +32,7 @@ WSAEMFILE = 10024
 WSAENOTSOCK = 10038
 WSAEOPNOTSUPP = 10045
 WSAEADDRINUSE = 10048
+WSAEADDRNOTAVAIL = 10049
 WSAENOBUFS = 10055
 
 
@@ -133,6 +134,18 @@ class OperationAborted(PortReservationError):
     default_winerror = ERROR_OPERATION_ABORTED
 
 
+# Windows codes for system errors outside the table of API.md section 3
+# (winerror.h / winsock2.h), so that no error carries winerror 0.
+ERROR_GEN_FAILURE = 31  # no closer Windows code
+ERROR_DISK_FULL = 112
+ERROR_FILE_CORRUPT = 1392
+ERROR_TIMEOUT = 1460
+WSAEBADF = 10009
+WSAEWOULDBLOCK = 10035
+WSAEADDRNOTAVAIL = 10049
+WSAENETUNREACH = 10051
+WSAETIMEDOUT = 10060
+
 # Windows codes reported by the system -> class.  Used by the Windows engine.
 _BY_WINERROR = {
     ERROR_ACCESS_DENIED: AccessDenied,
@@ -179,11 +192,19 @@ _BY_ERRNO = {
     _errno.EACCES: (AccessDenied, WSAEACCES),
     _errno.EPERM: (AccessDenied, WSAEACCES),
     _errno.EADDRINUSE: (ReservationConflict, WSAEADDRINUSE),
+    _errno.EADDRNOTAVAIL: (PortReservationError, WSAEADDRNOTAVAIL),
     _errno.ENOENT: (ReservationNotFound, ERROR_NOT_FOUND),
     _errno.EOPNOTSUPP: (NotSupported, WSAEOPNOTSUPP),
     _errno.ENOPROTOOPT: (NotSupported, WSAEOPNOTSUPP),
     _errno.EAFNOSUPPORT: (NotSupported, WSAEOPNOTSUPP),
     _errno.ECANCELED: (OperationAborted, ERROR_OPERATION_ABORTED),
+    _errno.ENOSPC: (PortReservationError, ERROR_DISK_FULL),
+    _errno.EDQUOT: (PortReservationError, ERROR_DISK_FULL),
+    _errno.EBADF: (PortReservationError, WSAEBADF),
+    _errno.EAGAIN: (PortReservationError, WSAEWOULDBLOCK),
+    _errno.EADDRNOTAVAIL: (PortReservationError, WSAEADDRNOTAVAIL),
+    _errno.ENETUNREACH: (PortReservationError, WSAENETUNREACH),
+    _errno.ETIMEDOUT: (PortReservationError, WSAETIMEDOUT),
     _errno.EMFILE: (PortReservationError, WSAEMFILE),
     _errno.ENFILE: (PortReservationError, WSAEMFILE),
     _errno.ENOBUFS: (PortReservationError, WSAENOBUFS),
@@ -210,7 +231,7 @@ def from_winerror(code: int, call: str, *, token: int | None = None) -> PortRese
 def from_errno(code: int | None, call: str) -> PortReservationError:
     """The exception for a POSIX ``code`` reported by ``call``."""
     code = code or _errno.EIO
-    cls, winerror = _BY_ERRNO.get(code, (PortReservationError, 0))
+    cls, winerror = _BY_ERRNO.get(code, (PortReservationError, ERROR_GEN_FAILURE))
     text = _errno.errorcode.get(code, str(code))
     return cls(f"{call} failed: {text} ({os.strerror(code)})",
                winerror=winerror, errno=code)
