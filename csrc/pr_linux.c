@@ -113,6 +113,7 @@ int pr_hold(int family, int type, unsigned int start, unsigned int count,
             if (fd >= 0)
                 close(fd);
             pr_close_all(fds, i);
+            for (unsigned int j = 0; j < i; j++) fds[j] = -1;  /* no stale numbers */
             return (int)i;
         }
         fds[i] = fd;

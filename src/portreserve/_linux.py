@@ -39,8 +39,11 @@ import socket
 import threading
 import weakref
 from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from . import _args, _errors
+from . import _persistent as _store  # imported now: later, no descriptor may be left
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -48,7 +51,12 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
+from ._port_list import parse_port_list
 from ._records import PortReservationInstance, Protocol
+
+if TYPE_CHECKING:
+    from ._interfaces import Block as _AnyBlock
+    from ._records import PersistentReservation
 
 _LINUX = sys.platform.startswith("linux")
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
@@ -62,20 +70,13 @@ _associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDict
 
 
 def _new_token() -> int:
+    """A token nobody can guess: 64 bits from the system's CSPRNG (not our
+    seeded generator, whose output can be predicted and repeats after fork),
+    non-zero and unique among this process's live reservations."""
     while True:
-        token = _random.getrandbits(64)
+        token = int.from_bytes(os.urandom(8), "little")
         if token and token not in _blocks:
             return token
-
-
-def parse_port_list(text: str) -> list[tuple[int, int]]:
-    """'8080,9000-9010' -> [(8080, 8080), (9000, 9010)]."""
-    spans = []
-    for part in text.replace("\n", "").split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            spans.append((int(lo), int(hi or lo)))
-    return spans
 
 
 def _raise_nofile_limit() -> bool:
@@ -320,7 +321,10 @@ class Block:
             family = _family_for(host, self.family)
         type_ = self.protocol.socket_type
         if family != self.family or host not in _WILDCARD[family]:
-            sock = socket.socket(family, type_)
+            try:
+                sock = socket.socket(family, type_)
+            except OSError as exc:  # no descriptor left
+                raise _errors.from_errno(exc.errno, "Reservation.socket") from None
             try:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -659,7 +663,7 @@ def _protocol_of(sock: socket.socket) -> Protocol:
     return Protocol.TCP if sock.type == socket.SOCK_STREAM else Protocol.UDP
 
 
-def _resolve(token: int, call: str):
+def _resolve(token: int, call: str) -> _AnyBlock:
     block = _blocks.get(token)
     if block is None and _LINUX:
         block = _persistent().block_for_token(token)
@@ -686,7 +690,7 @@ def associate(sock: socket.socket, token: int) -> None:
     _associated[sock] = token
 
 
-def bind_associated(sock: socket.socket, address) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     token = _associated.get(sock)
     if token is None:
         sock.bind(address)
@@ -710,29 +714,28 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
     return sock.getsockname()[1]
 
 
-def _persistent():
+def _persistent() -> ModuleType:
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
-    from . import _persistent
-    return _persistent
+    return _store
 
 
-def create_persistent(protocol, start, count):
+def create_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().create(protocol, start, count)
 
 
-def delete_persistent(protocol, start, count):
+def delete_persistent(protocol: Protocol, start: int, count: int) -> None:
     _persistent().delete(protocol, start, count)
 
 
-def lookup_persistent(protocol, start, count):
+def lookup_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().lookup(protocol, start, count)
 
 
-def list_persistent(protocol):
+def list_persistent(protocol: Protocol | None) -> list[PersistentReservation]:
     return _persistent().list_all(protocol)
 
 
-def restore():
+def restore() -> list[PersistentReservation]:
     return _persistent().restore()
