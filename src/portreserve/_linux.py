@@ -604,8 +604,9 @@ _every_block: weakref.WeakSet[Block] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
-    global _lock
+    global _lock, _MAIN_THREAD
     _lock = threading.Lock()  # another thread may have held it at fork time
+    _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
     for block in list(_every_block):
         block._lock = threading.Lock()
         if not block.closed:
