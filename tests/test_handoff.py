@@ -583,15 +583,19 @@ def interrupt(*_):
 
 kept = []
 def cycle(i):
-    res = portreserve.reserve(2 + i % 3, protocol=("tcp", "udp")[i % 2])
+    res = portreserve.reserve(3 + i % 3, protocol=("tcp", "udp")[i % 2])
     kept.append(res)
     s = res.socket()
     kept.append(s)
     u = socket.socket(socket.AF_INET6, res.protocol.socket_type)
     kept.append(u)
     res.bind(u)
+    w = socket.socket(socket.AF_INET, res.protocol.socket_type)
+    kept.append(w)
+    portreserve.bind(w, res.token, "127.0.0.1")
     s.close()
     u.close()
+    w.close()
     res.socket().close()
     res.release()
     big = portreserve.reserve(64)  # long loops of holders made and closed

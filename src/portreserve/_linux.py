@@ -333,21 +333,21 @@ class Block:
                 sock.close()
                 raise
             return sock
-        with _signals_held(), self._lock:
-            i = self._pick(port)
-            sock = _HeldSocket(family, type_, 0, self._fds[i])
-            self._fds[i] = -1  # the socket object owns the holder from here
-            sock._block, sock._port = self, self.start + i
-            self._out[i] = weakref.ref(sock)
-        if type_ == socket.SOCK_DGRAM:
-            try:
-                calls.open_input(sock.fileno(), _udp_rcvbuf())
-            except BaseException as exc:
-                sock.close()  # back to the block
-                if isinstance(exc, OSError):
-                    raise _errors.from_errno(exc.errno, "Reservation.socket") from None
-                raise
-        return sock
+        with _signals_held():
+            with self._lock:
+                i = self._pick(port)
+                if type_ == socket.SOCK_DGRAM:
+                    try:
+                        calls.open_input(self._fds[i], _udp_rcvbuf())
+                    except OSError as exc:
+                        fd, self._fds[i] = self._fds[i], -1
+                        self._readopt(self.start + i, fd, True)  # deaf again, and free
+                        raise _errors.from_errno(exc.errno, "Reservation.socket") from None
+                sock = _HeldSocket(family, type_, 0, self._fds[i])
+                self._fds[i] = -1  # the socket object owns the holder from here
+                sock._block, sock._port = self, self.start + i
+                self._out[i] = weakref.ref(sock)
+            return sock
 
     def readopt(self, port: int, fd: int, reset_options: bool = True) -> None:
         """Take back ``fd`` as the holder of ``port``, never unbinding the port.
@@ -684,7 +684,9 @@ def associate(sock: socket.socket, token: int) -> None:
         # Linux 6.3+: a plain bind((host, 0)) or connect() on this socket can
         # only pick a port of the block (all held, so it fails) - never one
         # outside it.
-        calls.set_local_port_range(sock.fileno(), block.start, block.start + block.count - 1)
+        with _signals_held():  # the ctypes layer wraps the user's descriptor meanwhile
+            calls.set_local_port_range(sock.fileno(), block.start,
+                                       block.start + block.count - 1)
     except OSError as exc:
         if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
             raise _errors.from_errno(exc.errno, "associate_port_reservation") from None
@@ -708,7 +710,8 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
         # A failed call changes nothing: not associated, no port range.
         _associated.pop(sock, None)
         try:
-            calls.set_local_port_range(sock.fileno(), 0, 0)
+            with _signals_held():
+                calls.set_local_port_range(sock.fileno(), 0, 0)
         except OSError:
             pass
         raise
