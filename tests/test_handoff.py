@@ -231,6 +231,34 @@ def test_options_the_user_set_are_reset_when_the_socket_comes_back():
         again.close()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_socket_with_options_set_is_taken_back_itself(protocol, monkeypatch):
+    # Not replaced by a new holder (that path has a one-bind window).
+    from portreserve._backend import calls
+    failures = []
+    readopt = calls.readopt
+
+    def spy(fd, reset_options):
+        try:
+            readopt(fd, reset_options)
+        except OSError as exc:
+            failures.append(exc)
+            raise
+
+    monkeypatch.setattr(calls, "readopt", spy)
+    with portreserve.reserve(1, protocol=protocol) as res:
+        s = res.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, b"\x02" + bytes(15))
+        s.close()
+        assert failures == []
+        assert nobody_takes(res.start, udp=protocol == "udp")
+        again = res.socket()
+        assert again.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY) == 0
+        assert again.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+        again.close()
+
+
 def test_udp_socket_comes_back_deaf_and_drained():
     with portreserve.reserve(1, protocol="udp") as res:
         s = res.socket()

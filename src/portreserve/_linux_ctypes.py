@@ -310,7 +310,11 @@ def _copy_options(src: _socket.socket, dst: _socket.socket) -> None:
     if type == _DGRAM and _LINUX:
         # Undo the drop-all filter.  The value is ignored, but since Linux
         # 4.x setsockopt rejects an option shorter than an int (EINVAL).
-        dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+        try:
+            dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # none attached (readopt's reset)
+                raise
     elif type == _DGRAM:
         # No filter here: drop what queued up while the port was held.  The
         # caller sets the file flags afterwards.
