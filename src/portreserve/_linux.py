@@ -303,20 +303,9 @@ class Block:
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
-        self._token = 0  # drawn when first read: most blocks are never looked up
-
-    @property
-    def token(self) -> int:
-        """The block's token, registered in _blocks the first time it is read
-        (nobody can look up a token they never saw)."""
-        if not self._token:
-            with _lock:
-                if not self._token:
-                    token = _new_token()
-                    if not self.closed:
-                        _blocks[token] = self
-                    self._token = token
-        return self._token
+        with _lock:
+            self.token = _new_token()
+            _blocks[self.token] = self
 
     def _close_fds(self) -> None:
         # close_all marks each entry -1 as it goes: interrupted, it can be
@@ -528,9 +517,8 @@ class Block:
             if self.closed:
                 return False
             self._close_fds()
-        with _lock:  # against a first read of token in another thread
-            if self._token:
-                _blocks.pop(self._token, None)
+        with _lock:
+            _blocks.pop(self.token, None)
         return True
 
     def __del__(self) -> None:
