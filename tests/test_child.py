@@ -157,6 +157,40 @@ def test_child_by_number_race(server, tmp_path):
         held_again(res)
 
 
+@pytest.mark.parametrize("host", ["::", "127.0.0.1"])
+def test_child_bound_before_listen_is_closed(host):
+    """Between the child's bind() and its listen(), with SO_REUSEADDR set as
+    servers do, no other process can bind the port, with any option."""
+    code = textwrap.dedent(f"""
+        import socket, sys
+        s = socket.socket(socket.AF_INET6 if ":" in {host!r} else socket.AF_INET)
+        if ":" in {host!r}:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(({host!r}, int(sys.argv[1])))
+        print("bound", flush=True)
+        sys.stdin.readline()
+        s.listen()
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        print("listening", flush=True)
+        sys.stdin.readline()
+    """)
+    with portreserve.reserve(1) as res:
+        child = res.popen([sys.executable, "-c", code, "{port}"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "bound\n"
+        for other in ("0.0.0.0", "127.0.0.1", "::", "::1"):
+            assert not can_bind(res.start, host=other, reuse=True)
+            assert not can_bind(res.start, host=other)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "listening\n"
+        assert not can_bind(res.start, host="0.0.0.0", reuse=True)
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
+        held_again(res)
+
+
 def test_child_not_binding_and_grandchildren(tmp_path):
     """A child that binds one port of two and starts grandchildren (fork and
     fork+exec with every descriptor inherited): they hold none of the ports,
