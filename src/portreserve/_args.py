@@ -96,3 +96,31 @@ def host(call: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{call}: host must be a str, not {type(value).__name__}")
     return value
+
+
+def family(call: str, value: object) -> int | None:
+    """None (the family that carries the whole guarantee), AF_INET or AF_INET6."""
+    if value is None:
+        return None
+    value = _int(call, "family", value)
+    if value not in (socket.AF_INET, socket.AF_INET6):
+        raise InvalidParameter(f"{call}: family {value} is neither AF_INET nor AF_INET6")
+    return socket.AddressFamily(value)
+
+
+def host_address(call: str, family: int, value: str) -> bytes:
+    """``value`` ("" for the wildcard, an address or a name) as the packed
+    address of ``family`` (4 or 16 bytes); InvalidParameter naming it if it
+    is none of that family's."""
+    if not value:
+        return bytes(16 if family == socket.AF_INET6 else 4)
+    try:
+        return socket.inet_pton(family, value)
+    except (OSError, ValueError):
+        pass
+    try:
+        info = socket.getaddrinfo(value, None, family, socket.SOCK_STREAM)
+        return socket.inet_pton(family, str(info[0][4][0]))
+    except (OSError, UnicodeError, ValueError):  # socket.gaierror is an OSError
+        raise InvalidParameter(f"{call}: host {value!r} is not an address of "
+                               f"{socket.AddressFamily(family).name}") from None

@@ -25,6 +25,7 @@ WSAEINVAL = 10022
 WSAEMFILE = 10024
 WSAEOPNOTSUPP = 10045
 WSAEADDRINUSE = 10048
+WSAEADDRNOTAVAIL = 10049
 WSAENOBUFS = 10055
 
 
@@ -116,6 +117,7 @@ _BY_ERRNO = {
     _errno.EACCES: (AccessDenied, WSAEACCES),
     _errno.EPERM: (AccessDenied, WSAEACCES),
     _errno.EADDRINUSE: (ReservationConflict, WSAEADDRINUSE),
+    _errno.EADDRNOTAVAIL: (PortReservationError, WSAEADDRNOTAVAIL),
     _errno.ENOENT: (ReservationNotFound, ERROR_NOT_FOUND),
     _errno.EOPNOTSUPP: (NotSupported, WSAEOPNOTSUPP),
     _errno.ENOPROTOOPT: (NotSupported, WSAEOPNOTSUPP),

@@ -22,17 +22,27 @@ _ports: dict[tuple[int, int], object] = {}  # (socket type, port) -> block
 _original = socket.socket.bind
 
 
+# Set while this thread is inside Block.take: the engine's own binds (it may
+# bind helper sockets on the port) must reach the system unchanged.
+_inside = threading.local()
+
+
 def _bind(self, address):
     block = None
+    if getattr(_inside, "take", False):
+        return _original(self, address)
     if (self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple)
             and len(address) >= 2 and isinstance(address[1], int) and not any(address[2:])):
         block = _ports.get((self.type, address[1]))
     if block is not None and not block.closed:
+        _inside.take = True
         try:
             block.take(self, _args.host("bind", address[0]), port=address[1])
             return None
         except ReservationExhausted:
             pass  # already given to an open socket: bind as usual
+        finally:
+            _inside.take = False
     return _original(self, address)
 
 

@@ -78,3 +78,46 @@ def port_range() -> tuple[int, int]:
     if lib.pr_port_range(out, out + 1, err) < 0:
         _raise(err[0])
     return out[0], out[1]
+
+
+def readopt(fd: int, reset_options: bool) -> None:
+    err = ffi.new("int *")
+    if lib.pr_readopt(fd, reset_options, err) < 0:
+        _raise(err[0])
+
+
+def hold_beside(fd: int, family: int, type: int, port: int, fds, index: int) -> None:
+    """A new holder of ``port`` beside ``fd``, stored straight into fds[index]."""
+    err = ffi.new("int *")
+    if lib.pr_hold_beside(fd, family, type, port, fds + index, err) < 0:
+        _raise(err[0])
+
+
+def rehold(family: int, type: int, port: int, fds, index: int) -> None:
+    """Hold ``port`` again into fds[index]."""
+    err = ffi.new("int *")
+    if lib.pr_rehold(family, type, port, fds + index, err) < 0:
+        _raise(err[0])
+
+
+def open_input(fd: int, rcvbuf: int) -> None:
+    err = ffi.new("int *")
+    if lib.pr_open_input(fd, rcvbuf, err) < 0:
+        _raise(err[0])
+
+
+def signal_state():
+    """Room for pr_hold_signals' saved mask."""
+    return ffi.new("unsigned char[136]")
+
+
+def hold_signals(state) -> None:
+    err = ffi.new("int *")
+    if lib.pr_hold_signals(state, err) < 0:
+        _raise(err[0])
+
+
+def restore_signals(state) -> None:
+    err = ffi.new("int *")
+    if lib.pr_restore_signals(state, err) < 0:
+        _raise(err[0])

@@ -35,10 +35,27 @@ class Reservation:
         _args.sock_matches("Reservation.bind", sock, self.protocol)
         return self._block.take(sock, _args.host("Reservation.bind", host))
 
-    def socket(self, family: int = socket.AF_INET, host: str = "") -> socket.socket:
-        """A new socket of the reservation's protocol, bound to a port of the block."""
+    def socket(self, family: int | None = None, host: str = "") -> socket.socket:
+        """A new socket of the reservation's protocol bound to a free port of the block.
+
+        ``family=None`` gives the socket that carries the whole guarantee:
+        AF_INET6 dual-stack (IPV6_V6ONLY=0) where the host has IPv6, else
+        AF_INET.  On Linux and macOS that socket is the port's holder itself,
+        and closing it gives the port back with no window.  Raises
+        InvalidParameter (released, bad family or host) or
+        ReservationExhausted (every port held by an open socket).
+        """
+        family = _args.family("Reservation.socket", family)
+        host = _args.host("Reservation.socket", host)
+        make = getattr(self._block, "socket", None)
+        if make is not None:  # the engine hands out its holders itself
+            return make(family, host)
+        if family is None:
+            family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
         sock = socket.socket(family, self.protocol.socket_type)
         try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self.bind(sock, host)
         except BaseException:
             sock.close()
@@ -46,10 +63,14 @@ class Reservation:
         return sock
 
     def release(self) -> None:
-        """Give the block back; sockets already bound from it are left alone."""
-        if self.closed:
+        """Give the block back; sockets already bound from it are left alone.
+
+        InvalidParameter if it was already released (also when another
+        thread released it at the same time: exactly one call succeeds).
+        """
+        # The engine's close() says False when another thread released it first.
+        if self.closed or self._block.close() is False:
             raise InvalidParameter(f"release: reservation {self.token} was already released")
-        self._block.close()
 
     def close(self) -> None:
         self._block.close()
