@@ -427,6 +427,28 @@ def test_handoff_http_server_and_create_server():
             s.close()
 
 
+@pytest.mark.parametrize("host", ["", "::", "127.0.0.1"])
+def test_handoff_bound_before_listen_is_closed(host):
+    """A server socket with SO_REUSEADDR (as socketserver and asyncio set it)
+    bound through handoff(): until it listens nobody else can bind the port,
+    and once it listens it has SO_REUSEADDR again."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with portreserve.reserve(1) as res, res.handoff():
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, res.start))
+        # the addresses the socket covers (an IPv4 one leaves IPv6 to the
+        # engine's rules: README, "What is enforced")
+        covered = {"::": ("0.0.0.0", "127.0.0.1", "::1"), "": ("0.0.0.0", "127.0.0.1"),
+                   "127.0.0.1": ("127.0.0.1",)}[host]
+        for other in covered:
+            assert not can_bind(res.start, host=other, reuse=True)
+        s.listen()
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert not can_bind(res.start, host="127.0.0.1", reuse=True)
+        s.close()
+
+
 def test_handoff_asyncio_and_threads():
     import threading
     with portreserve.reserve(4) as res, res.handoff():

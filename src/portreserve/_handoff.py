@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import weakref
 
 from . import _args
 from ._errors import ReservationExhausted
@@ -20,6 +21,13 @@ _lock = threading.Lock()
 _active: dict[int, list] = {}  # id(block) -> [block, times entered]
 _ports: dict[tuple[int, int], object] = {}  # (socket type, port) -> block
 _original = socket.socket.bind
+_original_listen = socket.socket.listen
+# TCP sockets whose SO_REUSEADDR we cleared for the hand-off: set again when
+# they listen.  A bound socket that does not listen yet, with SO_REUSEADDR,
+# lets anyone who sets it too bind the same port (the kernel's rule for two
+# such sockets); once it listens that is over, and the option matters again
+# only for TIME_WAIT when the server restarts.
+_reuse_on_listen: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
 # Set while this thread is inside Block.take: the engine's own binds (it may
@@ -35,15 +43,30 @@ def _bind(self, address):
             and len(address) >= 2 and isinstance(address[1], int) and not any(address[2:])):
         block = _ports.get((self.type, address[1]))
     if block is not None and not block.closed:
+        reuse = (self.type == socket.SOCK_STREAM and
+                 self.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+        if reuse:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         _inside.take = True
         try:
             block.take(self, _args.host("bind", address[0]), port=address[1])
+            if reuse:
+                _reuse_on_listen.add(self)
             return None
         except ReservationExhausted:
             pass  # already given to an open socket: bind as usual
         finally:
             _inside.take = False
+            if reuse and self not in _reuse_on_listen:
+                self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return _original(self, address)
+
+
+def _listen(self, *args):
+    _original_listen(self, *args)
+    if self in _reuse_on_listen:
+        _reuse_on_listen.discard(self)
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
 
 class Handoff:
@@ -57,6 +80,7 @@ class Handoff:
         with _lock:
             if not _active:
                 socket.socket.bind = _bind  # type: ignore[method-assign]
+                socket.socket.listen = _listen  # type: ignore[method-assign]
             entry = _active.setdefault(id(block), [block, 0])
             entry[1] += 1
             for port in range(block.start, block.start + block.count):
@@ -76,3 +100,4 @@ class Handoff:
                     _ports.pop((block.protocol.socket_type, port), None)
             if not _active:
                 socket.socket.bind = _original  # type: ignore[method-assign]
+                socket.socket.listen = _original_listen  # type: ignore[method-assign]
