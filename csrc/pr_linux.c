@@ -113,6 +113,7 @@ int pr_hold(int family, int type, unsigned int start, unsigned int count,
             if (fd >= 0)
                 close(fd);
             pr_close_all(fds, i);
+            for (unsigned int j = 0; j < i; j++) fds[j] = -1;  /* no stale numbers */
             return (int)i;
         }
         fds[i] = fd;
@@ -339,7 +340,8 @@ static int copy_options(int from, int to, int family, int type)
         /* Undo drop_input(): the user's socket receives normally.  The
          * kernel wants an int-sized option even though it ignores it. */
         int unused = 0;
-        if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0)
+        if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0 &&
+            errno != ENOENT) /* none attached (pr_readopt's reset) */
             return -1;
 #else
         /* No filter here: drop what queued up while the port was held. */

@@ -9,8 +9,10 @@
  */
 
 /* Bind holders for ports start .. start+count-1 into fds[0..count-1].
- * Returns count, or the index of the port that failed (with *err set);
- * then every holder made so far is closed again. */
+ * Returns count, or the index i of the port that failed (with *err set);
+ * then every holder made so far is closed again and fds[0..i-1] are -1
+ * (fds[i..count-1] are not touched), so nothing in fds names a closed
+ * descriptor.  The ctypes layer does the same. */
 int pr_hold(int family, int type, unsigned int start, unsigned int count,
             int *fds, int *err);
 

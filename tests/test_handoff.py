@@ -169,11 +169,12 @@ def test_racing_process_never_gets_the_port_through_socket_cycles(protocol):
             for i in range(300):
                 with res.socket() as s:
                     if not udp and i % 2:
-                        # (SO_REUSEADDR on a socket that does not listen lets
-                        # others share it, on Linux as for any socket.)
+                        s.listen()
+                        # Set after listen(): on a socket that does not listen
+                        # it would let others share the port, on Linux as for
+                        # any socket.  Closing must clear it.
                         if i % 3 == 0:
                             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                        s.listen()
         finally:
             results = [r.stop() for r in racers]
     assert results == ["nothing"] * len(racers)
@@ -230,6 +231,34 @@ def test_options_the_user_set_are_reset_when_the_socket_comes_back():
         again.close()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_socket_with_options_set_is_taken_back_itself(protocol, monkeypatch):
+    # Not replaced by a new holder (that path has a one-bind window).
+    from portreserve._backend import calls
+    failures = []
+    readopt = calls.readopt
+
+    def spy(fd, reset_options):
+        try:
+            readopt(fd, reset_options)
+        except OSError as exc:
+            failures.append(exc)
+            raise
+
+    monkeypatch.setattr(calls, "readopt", spy)
+    with portreserve.reserve(1, protocol=protocol) as res:
+        s = res.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, 3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, b"\x02" + bytes(15))
+        s.close()
+        assert failures == []
+        assert nobody_takes(res.start, udp=protocol == "udp")
+        again = res.socket()
+        assert again.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY) == 0
+        assert again.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+        again.close()
+
+
 def test_udp_socket_comes_back_deaf_and_drained():
     with portreserve.reserve(1, protocol="udp") as res:
         s = res.socket()
@@ -260,6 +289,19 @@ def test_readopt_takes_back_a_detached_holder():
         again = res.socket()
         assert again.getsockname()[1] == res.start
         again.close()
+
+
+def test_copies_of_a_held_socket_are_plain_sockets():
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        s.listen()
+        copy = s.dup()
+        copy.close()  # closes only the copy
+        with socket.create_connection(("127.0.0.1", res.start), timeout=5):
+            s.accept()[0].close()
+        s.close()
+        assert nobody_takes(res.start)
+        res.socket().close()
 
 
 def test_socket_closed_after_release_frees_its_port():
@@ -339,6 +381,7 @@ def test_socket_shared_with_a_forked_child_keeps_listening_there():
                 os.read(r, 1)
                 conn, _ = s.accept()
                 conn.sendall(b"child")
+                conn.recv(1)  # the client closes first: no TIME_WAIT on the port
                 conn.close()
             finally:
                 os._exit(0)
@@ -568,15 +611,19 @@ def interrupt(*_):
 
 kept = []
 def cycle(i):
-    res = portreserve.reserve(2 + i % 3, protocol=("tcp", "udp")[i % 2])
+    res = portreserve.reserve(3 + i % 3, protocol=("tcp", "udp")[i % 2])
     kept.append(res)
     s = res.socket()
     kept.append(s)
     u = socket.socket(socket.AF_INET6, res.protocol.socket_type)
     kept.append(u)
     res.bind(u)
+    w = socket.socket(socket.AF_INET, res.protocol.socket_type)
+    kept.append(w)
+    portreserve.bind(w, res.token, "127.0.0.1")
     s.close()
     u.close()
+    w.close()
     res.socket().close()
     res.release()
     big = portreserve.reserve(64)  # long loops of holders made and closed

@@ -80,7 +80,16 @@ def sock_protocol(call: str, value: socket.socket) -> Protocol:
         if value.type == socket.SOCK_DGRAM and value.proto in (0, socket.IPPROTO_UDP):
             return Protocol.UDP
     raise NotSupported(f"{call}: only TCP and UDP sockets of AF_INET or AF_INET6 take "
-                       f"port reservations, not {value!r}")
+                       f"port reservations, not a {_name(socket.AddressFamily, value.family)} "
+                       f"{_name(socket.SocketKind, value.type)} socket (protocol {value.proto})")
+
+
+def _name(enum: type, number: int) -> str:
+    """'AF_UNIX' for 1, say; the number itself if Python has no name for it."""
+    try:
+        return enum(number).name
+    except ValueError:
+        return str(number)
 
 
 def sock_matches(call: str, value: socket.socket, expected: Protocol) -> None:

@@ -30,7 +30,7 @@ import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
-import contextlib
+import _socket
 import errno
 import os
 import random
@@ -38,8 +38,12 @@ import resource
 import socket
 import threading
 import weakref
+from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from . import _args, _errors
+from . import _persistent as _store  # imported now: later, no descriptor may be left
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -47,7 +51,12 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
+from ._port_list import parse_port_list
 from ._records import PortReservationInstance, Protocol
+
+if TYPE_CHECKING:
+    from ._interfaces import Block as _AnyBlock
+    from ._records import PersistentReservation
 
 _LINUX = sys.platform.startswith("linux")
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
@@ -61,20 +70,13 @@ _associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDict
 
 
 def _new_token() -> int:
+    """A token nobody can guess: 64 bits from the system's CSPRNG (not our
+    seeded generator, whose output can be predicted and repeats after fork),
+    non-zero and unique among this process's live reservations."""
     while True:
-        token = _random.getrandbits(64)
+        token = int.from_bytes(os.urandom(8), "little")
         if token and token not in _blocks:
             return token
-
-
-def parse_port_list(text: str) -> list[tuple[int, int]]:
-    """'8080,9000-9010' -> [(8080, 8080), (9000, 9010)]."""
-    spans = []
-    for part in text.replace("\n", "").split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            spans.append((int(lo), int(hi or lo)))
-    return spans
 
 
 def _raise_nofile_limit() -> bool:
@@ -169,22 +171,29 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
 _MAIN_THREAD = threading.main_thread().ident
 
 
-@contextlib.contextmanager
-def _signals_held():
+class _signals_held:
     """Signals wait (in the main thread, the only one where Python runs their
     handlers) until the block's state is whole again: an exception from a
     handler (KeyboardInterrupt) can then strike only before or after, never
     between a descriptor made and the record that owns it.  Costs two
     system calls."""
-    if threading.get_ident() != _MAIN_THREAD:
-        yield
-        return
-    state = calls.signal_state()
-    try:
-        calls.hold_signals(state)
-        yield
-    finally:
-        calls.restore_signals(state)
+
+    __slots__ = ("state",)
+
+    def __enter__(self) -> None:
+        if threading.get_ident() != _MAIN_THREAD:
+            self.state = None
+            return
+        state = self.state = calls.signal_state()
+        try:
+            calls.hold_signals(state)
+        except BaseException:  # a handler that was already due: nothing done yet
+            calls.restore_signals(state)
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        if self.state is not None:
+            calls.restore_signals(self.state)
 
 
 class Block:
@@ -223,7 +232,9 @@ class Block:
             self._close_fds()
             raise
         self.start, self.family = start, _family
-        self._free = list(range(count - 1, -1, -1))  # lowest last
+        # Free indexes as an ordered set: O(1) to take any or a given one;
+        # the port given back last is handed out first, the lowest at start.
+        self._free: dict[int, None] = dict.fromkeys(range(count - 1, -1, -1))
         self._lent: dict[int, weakref.ref] = {}
         self._out: dict[int, weakref.ref] = {}
         self._lost: set[int] = set()
@@ -266,12 +277,12 @@ class Block:
                 raise InvalidParameter(f"bind: port {port} is not in block {self.start}..{last}")
             if i not in self._free:
                 raise ReservationExhausted(f"bind: port {port} is in use")
-            self._free.remove(i)
+            del self._free[i]
             return i
         if not self._free:
             raise ReservationExhausted(
                 f"bind: every port of {self.start}..{last} is held by an open socket")
-        return self._free.pop()
+        return self._free.popitem()[0]
 
     def _collect(self) -> None:
         """Hold again the ports of the user's own sockets that were closed.
@@ -285,7 +296,7 @@ class Block:
                 continue
             del self._lent[i]
             if self._fds[i] >= 0:  # the UDP holder kept beside it
-                self._free.append(i)
+                self._free[i] = None
             else:
                 self._lost.add(i)
         for i in list(self._lost):
@@ -295,9 +306,9 @@ class Block:
             except OSError:
                 continue  # taken in between, or TIME_WAIT without SO_REUSEADDR: later
             self._lost.discard(i)
-            self._free.append(i)
+            self._free[i] = None
 
-    def socket(self, family: int | None = None, host: str = "", port: int = 0) -> socket.socket:
+    def socket(self, family: int | None = None, host: str = "", port: int = 0) -> Socket:
         """A socket bound to ``port`` of the block (any free one if 0).
 
         For the holders' family on the wildcard address (``family=None``) it
@@ -310,7 +321,10 @@ class Block:
             family = _family_for(host, self.family)
         type_ = self.protocol.socket_type
         if family != self.family or host not in _WILDCARD[family]:
-            sock = socket.socket(family, type_)
+            try:
+                sock = socket.socket(family, type_)
+            except OSError as exc:  # no descriptor left
+                raise _errors.from_errno(exc.errno, "Reservation.socket") from None
             try:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -319,22 +333,21 @@ class Block:
                 sock.close()
                 raise
             return sock
-        with _signals_held(), self._lock:
-            i = self._pick(port)
-            # The socket object owns the holder from here; dropped by an
-            # exception at any point, it gives it back through readopt().
-            fd, self._fds[i] = self._fds[i], -1
-            sock = _HeldSocket(self, self.start + i, family, type_, fd)
-            self._out[i] = weakref.ref(sock)
-        if type_ == socket.SOCK_DGRAM:
-            try:
-                calls.open_input(sock.fileno(), _udp_rcvbuf())
-            except BaseException as exc:
-                sock.close()  # back to the block
-                if isinstance(exc, OSError):
-                    raise _errors.from_errno(exc.errno, "Reservation.socket") from None
-                raise
-        return sock
+        with _signals_held():
+            with self._lock:
+                i = self._pick(port)
+                if type_ == socket.SOCK_DGRAM:
+                    try:
+                        calls.open_input(self._fds[i], _udp_rcvbuf())
+                    except OSError as exc:
+                        fd, self._fds[i] = self._fds[i], -1
+                        self._readopt(self.start + i, fd, True)  # deaf again, and free
+                        raise _errors.from_errno(exc.errno, "Reservation.socket") from None
+                sock = _HeldSocket(family, type_, 0, self._fds[i])
+                self._fds[i] = -1  # the socket object owns the holder from here
+                sock._block, sock._port = self, self.start + i
+                self._out[i] = weakref.ref(sock)
+            return sock
 
     def readopt(self, port: int, fd: int, reset_options: bool = True) -> None:
         """Take back ``fd`` as the holder of ``port``, never unbinding the port.
@@ -374,7 +387,7 @@ class Block:
                 return
             finally:
                 os.close(fd)
-        self._free.append(i)
+        self._free[i] = None
 
     def _returned_closed(self, port: int) -> None:
         """A handed-out holder was really closed (shared with a forked child)."""
@@ -390,7 +403,7 @@ class Block:
         with self._lock:
             self._out.pop(port - self.start, None)
 
-    def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
+    def take(self, sock: Socket, host: str, port: int = 0) -> int:
         """Hand a port of the block (``port``, or any if 0) to the user's ``sock``."""
         if sock.getsockname()[1]:
             raise InvalidParameter(f"bind: {sock!r} is already bound")
@@ -403,14 +416,14 @@ class Block:
                 self._handoff(i, fd, sock, host, packed, port)
             except BaseException:
                 if self._fds[i] >= 0:
-                    self._free.append(i)
+                    self._free[i] = None
                 else:
                     self._lost.add(i)
                 raise
             self._lent[i] = weakref.ref(sock)
             return port
 
-    def _handoff(self, i: int, fd: int, sock: socket.socket, host: str, packed: bytes,
+    def _handoff(self, i: int, fd: int, sock: Socket, host: str, packed: bytes,
                  port: int) -> None:
         try:
             # The descriptor swap needs the holder's exact socket: same
@@ -500,12 +513,18 @@ class _HeldSocket(socket.socket):
     port to the caller for good."""
 
     __slots__ = ("_block", "_port", "_dirty", "_shared")
+    _block: Block | None
+    _port: int
+    _dirty: bool
+    _shared: bool
 
-    def __init__(self, block: Block, port: int, family: int, type: int, fd: int) -> None:
-        self._block, self._port, self._dirty, self._shared = block, port, False, False
-        super().__init__(family, type, 0, fd)
+    def __init__(self, family: int = -1, type: int = -1, proto: int = 0,
+                 fileno: int | None = None) -> None:
+        # As socket.socket's (dup() makes one): a copy belongs to no block.
+        self._block, self._port, self._dirty, self._shared = None, 0, False, False
+        super().__init__(family, type, proto, fileno)
 
-    def setsockopt(self, *args) -> None:  # type: ignore[override]
+    def setsockopt(self, *args) -> None:
         self._dirty = True  # readopt() then resets the options to a holder's
         super().setsockopt(*args)
 
@@ -516,7 +535,7 @@ class _HeldSocket(socket.socket):
             block._given_away(self._port)
         return super().detach()
 
-    def _real_close(self, _ss=socket._socket.socket) -> None:  # type: ignore[override]
+    def _real_close(self, _ss=_socket.socket) -> None:
         block = getattr(self, "_block", None)
         self._block = None
         if block is None:
@@ -528,23 +547,22 @@ class _HeldSocket(socket.socket):
             _ss.close(self)
             block._returned_closed(self._port)
             return
-        with _signals_held():
-            fd = _ss.detach(self)
-            block.readopt(self._port, fd, self._dirty)
+        with _signals_held(), block._lock:
+            block._readopt(self._port, _ss.detach(self), self._dirty)
 
     def __del__(self) -> None:
         # Collected while still open: back to the block at its next call
         # (never here: the collector may run while the block's lock is held).
         block = getattr(self, "_block", None)
         self._block = None
-        if block is None or socket._socket.socket.fileno(self) == -1:
-            socket._socket.socket.close(self)
+        if block is None or _socket.socket.fileno(self) == -1:
+            _socket.socket.close(self)
             return
         if block.closed:
-            socket._socket.socket.close(self)
+            _socket.socket.close(self)
             return
         with _signals_held():
-            block._dropped.append((self._port, socket._socket.socket.detach(self)))
+            block._dropped.append((self._port, _socket.socket.detach(self)))
 
 
 def _family_for(host: str, default: int) -> int:
@@ -577,8 +595,11 @@ def _udp_rcvbuf() -> int:
 def _check_persistent(protocol: Protocol, start: int, count: int) -> None:
     """A specific runtime request must not overlap ports in the kernel's
     ip_local_reserved_ports, where persistent reservations live."""
-    with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
-        text = f.read()
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+            text = f.read()
+    except OSError:  # no /proc (a sandbox): no persistent reservations either
+        return
     last = start + count - 1
     for lo, hi in parse_port_list(text):
         if lo <= last and start <= hi:
@@ -611,7 +632,8 @@ def _clear_bind_cache(port: int) -> None:
                        f"kernel's SO_REUSEPORT cache")
 
 
-_WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
+_WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
+                                         socket.AF_INET: ("", "0.0.0.0")}
 # Owner of both sockets during a SO_REUSEPORT hand-off on Linux, when we may
 # chown sockets (root): a uid no process runs as, so nobody can join that bind
 # through Linux's bind-bucket cache (see pr_handoff_reuseport).
@@ -624,8 +646,9 @@ _every_block: weakref.WeakSet[Block] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
-    global _lock
+    global _lock, _MAIN_THREAD
     _lock = threading.Lock()  # another thread may have held it at fork time
+    _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
     for block in list(_every_block):
         block._lock = threading.Lock()
         if not block.closed:
@@ -683,7 +706,7 @@ def _protocol_of(sock: socket.socket) -> Protocol:
     return Protocol.TCP if sock.type == socket.SOCK_STREAM else Protocol.UDP
 
 
-def _resolve(token: int, call: str):
+def _resolve(token: int, call: str) -> _AnyBlock:
     block = _blocks.get(token)
     if block is None and _LINUX:
         block = _persistent().block_for_token(token)
@@ -703,14 +726,16 @@ def associate(sock: socket.socket, token: int) -> None:
         # Linux 6.3+: a plain bind((host, 0)) or connect() on this socket can
         # only pick a port of the block (all held, so it fails) - never one
         # outside it.
-        calls.set_local_port_range(sock.fileno(), block.start, block.start + block.count - 1)
+        with _signals_held():  # the ctypes layer wraps the user's descriptor meanwhile
+            calls.set_local_port_range(sock.fileno(), block.start,
+                                       block.start + block.count - 1)
     except OSError as exc:
         if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
             raise _errors.from_errno(exc.errno, "associate_port_reservation") from None
     _associated[sock] = token
 
 
-def bind_associated(sock: socket.socket, address) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     token = _associated.get(sock)
     if token is None:
         sock.bind(address)
@@ -727,36 +752,36 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
         # A failed call changes nothing: not associated, no port range.
         _associated.pop(sock, None)
         try:
-            calls.set_local_port_range(sock.fileno(), 0, 0)
+            with _signals_held():
+                calls.set_local_port_range(sock.fileno(), 0, 0)
         except OSError:
             pass
         raise
     return sock.getsockname()[1]
 
 
-def _persistent():
+def _persistent() -> ModuleType:
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
-    from . import _persistent
-    return _persistent
+    return _store
 
 
-def create_persistent(protocol, start, count):
+def create_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().create(protocol, start, count)
 
 
-def delete_persistent(protocol, start, count):
+def delete_persistent(protocol: Protocol, start: int, count: int) -> None:
     _persistent().delete(protocol, start, count)
 
 
-def lookup_persistent(protocol, start, count):
+def lookup_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().lookup(protocol, start, count)
 
 
-def list_persistent(protocol):
+def list_persistent(protocol: Protocol | None) -> list[PersistentReservation]:
     return _persistent().list_all(protocol)
 
 
-def restore():
+def restore() -> list[PersistentReservation]:
     return _persistent().restore()

@@ -11,22 +11,26 @@ import sys
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import os
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._pr_cffi import ffi, lib
 
+if TYPE_CHECKING:
+    from ._interfaces import Fds
 
-def _raise(err: int):
+
+def _raise(err: int) -> NoReturn:
     raise OSError(err, os.strerror(err))
 
 
-def new_fds(count: int):
+def new_fds(count: int) -> Fds:
     """An int array for ``count`` descriptors, each -1."""
     fds = ffi.new("int[]", count)
     ffi.memmove(fds, b"\xff" * (4 * count), 4 * count)
     return fds
 
 
-def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]:
+def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int, int]:
     """Holders for start..start+count-1 into fds; (ports held, errno)."""
     err = ffi.new("int *")
     n = lib.pr_hold(family, type, start, count, fds, err)
@@ -41,7 +45,7 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
     return out[0], port
 
 
-def close_all(fds, count: int) -> None:
+def close_all(fds: Fds, count: int) -> None:
     lib.pr_close_all(fds, count)
 
 
@@ -86,17 +90,17 @@ def readopt(fd: int, reset_options: bool) -> None:
         _raise(err[0])
 
 
-def hold_beside(fd: int, family: int, type: int, port: int, fds, index: int) -> None:
+def hold_beside(fd: int, family: int, type: int, port: int, fds: Fds, index: int) -> None:
     """A new holder of ``port`` beside ``fd``, stored straight into fds[index]."""
     err = ffi.new("int *")
-    if lib.pr_hold_beside(fd, family, type, port, fds + index, err) < 0:
+    if lib.pr_hold_beside(fd, family, type, port, ffi.addressof(fds, index), err) < 0:
         _raise(err[0])
 
 
-def rehold(family: int, type: int, port: int, fds, index: int) -> None:
+def rehold(family: int, type: int, port: int, fds: Fds, index: int) -> None:
     """Hold ``port`` again into fds[index]."""
     err = ffi.new("int *")
-    if lib.pr_rehold(family, type, port, fds + index, err) < 0:
+    if lib.pr_rehold(family, type, port, ffi.addressof(fds, index), err) < 0:
         _raise(err[0])
 
 
@@ -106,18 +110,18 @@ def open_input(fd: int, rcvbuf: int) -> None:
         _raise(err[0])
 
 
-def signal_state():
+def signal_state() -> Any:
     """Room for pr_hold_signals' saved mask."""
     return ffi.new("unsigned char[136]")
 
 
-def hold_signals(state) -> None:
+def hold_signals(state: Any) -> None:
     err = ffi.new("int *")
     if lib.pr_hold_signals(state, err) < 0:
         _raise(err[0])
 
 
-def restore_signals(state) -> None:
+def restore_signals(state: Any) -> None:
     err = ffi.new("int *")
     if lib.pr_restore_signals(state, err) < 0:
         _raise(err[0])

@@ -20,7 +20,7 @@ and put them back.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import _socket
 import ctypes
@@ -32,6 +32,9 @@ import struct
 import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
+
+if TYPE_CHECKING:
+    from ._interfaces import Fds
 
 _LINUX = sys.platform.startswith("linux")
 # Linux values the socket module does not name (asm-generic/socket.h, in.h).
@@ -125,7 +128,7 @@ def _open_holder(family: int, type: int) -> _socket.socket:
     return s
 
 
-def _move(s: _socket.socket, fds, index: int) -> None:
+def _move(s: _socket.socket, fds: Fds, index: int) -> None:
     """Move the descriptor of ``s`` into fds[index].
 
     Python runs signal handlers after a call returns, never between plain
@@ -307,7 +310,11 @@ def _copy_options(src: _socket.socket, dst: _socket.socket) -> None:
     if type == _DGRAM and _LINUX:
         # Undo the drop-all filter.  The value is ignored, but since Linux
         # 4.x setsockopt rejects an option shorter than an int (EINVAL).
-        dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+        try:
+            dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # none attached (readopt's reset)
+                raise
     elif type == _DGRAM:
         # No filter here: drop what queued up while the port was held.  The
         # caller sets the file flags afterwards.
@@ -478,7 +485,7 @@ def readopt(fd: int, reset_options: bool) -> None:
             listening = s.getsockopt(_SOL, socket.SO_ACCEPTCONN)
         finally:
             s.detach()
-        _disconnect(fd, listening)
+        _disconnect(fd, bool(listening))
         if type == _STREAM and reuseport:
             # Reset Linux's SO_REUSEPORT bind cache (see pr_readopt); best effort.
             s = _wrap(fd)
@@ -507,7 +514,8 @@ def readopt(fd: int, reset_options: bool) -> None:
         _raise(exc.errno)
 
 
-def hold_beside(fd: int, family: int, type: int, port: int, fds, index: int) -> None:
+def hold_beside(fd: int, family: int, type: int, port: int, fds: Fds,
+                index: int) -> None:
     """A new holder of ``port`` beside ``fd``, into fds[index] (as pr_hold_beside)."""
     if fd < 0:
         _raise(errno.EBADF)
@@ -532,7 +540,7 @@ def hold_beside(fd: int, family: int, type: int, port: int, fds, index: int) -> 
         u.detach()
 
 
-def rehold(family: int, type: int, port: int, fds, index: int) -> None:
+def rehold(family: int, type: int, port: int, fds: Fds, index: int) -> None:
     """Hold ``port`` again into fds[index] (as pr_rehold, which explains it)."""
     h = _open_holder(family, type)
     try:
@@ -580,12 +588,12 @@ _SIG_BLOCK, _SIG_SETMASK = (0, 2) if _LINUX else (1, 3)
 _ALL = ctypes.create_string_buffer(b"\xff" * 128, 128)  # sigfillset, as far as it matters
 
 
-def signal_state():
+def signal_state() -> Any:
     """Room for hold_signals' saved mask: a flag byte, then the mask (as the shim)."""
     return ctypes.create_string_buffer(136)
 
 
-def hold_signals(state) -> None:
+def hold_signals(state: Any) -> None:
     # In three steps, each leaving ``state`` right for restore_signals()
     # whenever a handler's exception strikes: read the mask, mark it saved,
     # block (the mask saved is the one before).
@@ -597,7 +605,7 @@ def hold_signals(state) -> None:
         _raise(ctypes.get_errno())
 
 
-def restore_signals(state) -> None:
+def restore_signals(state: Any) -> None:
     if state[0] == b"\0":
         return
     if _libc.sigprocmask(_SIG_SETMASK, ctypes.byref(state, 8), None) < 0:
