@@ -1,4 +1,4 @@
-"""Handing reserved ports to code that binds them itself (API.md 1b): child
+"""Handing reserved ports to code that binds them itself (docs/API.md 1b): child
 processes by number and by socket activation, `portreserve run`, and the
 in-process hand-off.
 

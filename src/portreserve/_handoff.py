@@ -1,5 +1,5 @@
 """Reservation.handoff(): code in this process that binds a reserved number
-itself gets the port through the reservation (API.md 1b).
+itself gets the port through the reservation (docs/API.md section 1b).
 
 While at least one hand-off is active, ``socket.socket.bind`` is replaced by
 a function that looks the port up among the active reservations: a bind of
@@ -14,12 +14,18 @@ import socket
 import threading
 import weakref
 
+from typing import TYPE_CHECKING, Any
+
 from . import _args
 from ._errors import ReservationExhausted
 
+if TYPE_CHECKING:
+    from ._interfaces import Block
+    from ._reservation import Reservation
+
 _lock = threading.Lock()
-_active: dict[int, list] = {}  # id(block) -> [block, times entered]
-_ports: dict[tuple[int, int], object] = {}  # (socket type, port) -> block
+_active: dict[int, list[Any]] = {}  # id(block) -> [block, times entered]
+_ports: dict[tuple[int, int], Block] = {}  # (socket type, port) -> block
 _original = socket.socket.bind
 _original_listen = socket.socket.listen
 # TCP sockets whose SO_REUSEADDR we cleared for the hand-off: set again when
@@ -35,7 +41,7 @@ _reuse_on_listen: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 _inside = threading.local()
 
 
-def _bind(self, address):
+def _bind(self: socket.socket, address: Any) -> None:
     block = None
     if getattr(_inside, "take", False):
         return _original(self, address)
@@ -62,7 +68,7 @@ def _bind(self, address):
     return _original(self, address)
 
 
-def _listen(self, *args):
+def _listen(self: socket.socket, *args: int) -> None:
     _original_listen(self, *args)
     if self in _reuse_on_listen:
         _reuse_on_listen.discard(self)
@@ -72,22 +78,22 @@ def _listen(self, *args):
 class Handoff:
     """Returned by Reservation.handoff()."""
 
-    def __init__(self, reservation) -> None:
+    def __init__(self, reservation: Reservation) -> None:
         self._reservation = reservation
 
-    def __enter__(self):
+    def __enter__(self) -> Reservation:
         block = self._reservation._block
         with _lock:
             if not _active:
-                socket.socket.bind = _bind  # type: ignore[method-assign]
-                socket.socket.listen = _listen  # type: ignore[method-assign]
+                socket.socket.bind = _bind  # type: ignore[method-assign,assignment]
+                socket.socket.listen = _listen  # type: ignore[method-assign,assignment]
             entry = _active.setdefault(id(block), [block, 0])
             entry[1] += 1
             for port in range(block.start, block.start + block.count):
                 _ports[(block.protocol.socket_type, port)] = block
         return self._reservation
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         block = self._reservation._block
         with _lock:
             entry = _active.get(id(block))

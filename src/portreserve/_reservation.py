@@ -9,7 +9,8 @@ socket at bind (docs/linux.md; README's "What is enforced" gives each case).
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+import subprocess
+from typing import TYPE_CHECKING, Any
 
 from . import _args
 from ._engine import engine
@@ -17,6 +18,7 @@ from ._errors import InvalidParameter, from_errno
 from ._records import Protocol
 
 if TYPE_CHECKING:
+    from ._handoff import Handoff
     from ._interfaces import Block
 
 
@@ -137,8 +139,9 @@ class Reservation:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def popen(self, args, *, listen_fds: bool = False, **kwargs):
-        """Start ``args`` (as ``subprocess.Popen``) with the block's ports (API.md 1b).
+    def popen(self, args: Any, *, listen_fds: bool = False,
+              **kwargs: Any) -> subprocess.Popen:  # type: ignore[type-arg]
+        """Start ``args`` (as ``subprocess.Popen``) with the block's ports (docs/API.md 1b).
 
         ``{port}``, ``{port0}``, ``{port1}``... in ``args`` become the ports;
         the child's environment gets ``PORT`` and ``PORTRESERVE_PORTS``
@@ -156,7 +159,7 @@ class Reservation:
             raise InvalidParameter(f"popen: reservation {self.token} was released")
         return _child.popen(self, args, listen_fds=listen_fds, **kwargs)
 
-    def handoff(self):
+    def handoff(self) -> Handoff:
         """A context manager: while it is active, ``socket.socket.bind((host, p))``
         anywhere in this process, for ``p`` a port of the block, is served from
         the reservation (the socket gets ``p`` as ``Reservation.bind`` gives it).
