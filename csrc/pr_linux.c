@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -168,67 +169,137 @@ void pr_close_all(int *fds, unsigned int count)
         }
 }
 
+/* Message types of a sock_diag dump reply: SOCK_DIAG_BY_FAMILY answers a
+ * per-family request, TCPDIAG_GETSOCK the older one that covers both
+ * families in one walk (TCP only). */
+#define PR_SOCK_DIAG_BY_FAMILY 20
+#define PR_TCPDIAG_GETSOCK 18
+/* TCP sockets bound and never listened on or connected (TCP_BOUND_INACTIVE,
+ * Linux 6.9+).  Dumping them walks the kernel's whole bind table, every
+ * namespace's: that walk cost more than the dump of all other states
+ * together, so the search asks for them apart, and only when needed. */
+#define PR_TCPF_BOUND_INACTIVE (1u << 13)
+
+int pr_parse_diag(const unsigned char *buf, size_t len, unsigned char *map, int *err)
+{
+    size_t pos = 0;
+    /* Every field is copied out with memcpy: buf need not be aligned, and no
+     * read goes past a message's own length or past len. */
+    while (len - pos >= 16) {
+        uint32_t mlen;
+        uint16_t type, sport;
+        int32_t code;
+        memcpy(&mlen, buf + pos, 4);
+        memcpy(&type, buf + pos + 4, 2);
+        if (mlen < 16 || mlen > len - pos) {
+            *err = EPROTO;
+            return -1;
+        }
+        if (type == 3) /* NLMSG_DONE */
+            return 1;
+        if (type == 2) { /* NLMSG_ERROR: a negative errno after the header */
+            if (mlen < 20) {
+                *err = EPROTO;
+                return -1;
+            }
+            memcpy(&code, buf + pos + 16, 4);
+            /* Only a real errno is passed on (INT_MIN has no positive twin). */
+            *err = code < 0 && code > -4096 ? -code : EPROTO;
+            return -1;
+        }
+        if (type == PR_SOCK_DIAG_BY_FAMILY || type == PR_TCPDIAG_GETSOCK) {
+            /* inet_diag_msg: family, state, timer, retrans, then the
+             * source port in network order. */
+            if (mlen < 22) {
+                *err = EPROTO;
+                return -1;
+            }
+            memcpy(&sport, buf + pos + 20, 2);
+            map[ntohs(sport)] = 1;
+        }
+        if (((size_t)mlen + 3) / 4 * 4 >= len - pos)
+            break;
+        pos += ((size_t)mlen + 3) / 4 * 4;
+    }
+    return 0;
+}
+
 #ifdef __linux__
-static int dump_family(int nl, int family, int protocol, unsigned char *map)
+/* Send one dump request and parse the replies into map. */
+static int dump(int nl, const void *req, size_t size, unsigned char *map, int *err)
+{
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    /* 32 KiB: the most the kernel puts in one dump message, so the dump
+     * resumes (and walks its tables again from a saved bucket) less often. */
+    long buf[32768 / sizeof(long)];
+    if (sendto(nl, req, size, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
+        return fail(err);
+    for (;;) {
+        ssize_t n = recv(nl, buf, sizeof buf, 0);
+        int rc;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail(err);
+        }
+        if (n == 0) { /* the kernel never ends a dump without NLMSG_DONE */
+            *err = EPROTO;
+            return -1;
+        }
+        rc = pr_parse_diag((const unsigned char *)buf, (size_t)n, map, err);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
+    }
+}
+
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err)
 {
     struct {
         struct nlmsghdr nlh;
         struct inet_diag_req_v2 req;
     } msg;
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    long buf[8192 / sizeof(long)];
-
-    memset(&msg, 0, sizeof msg);
-    msg.nlh.nlmsg_len = sizeof msg;
-    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    msg.req.sdiag_family = (unsigned char)family;
-    msg.req.sdiag_protocol = (unsigned char)protocol;
-    msg.req.idiag_states = ~0u;
-    if (sendto(nl, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
-        return -1;
-    for (;;) {
-        ssize_t n = recv(nl, buf, sizeof buf, 0);
-        struct nlmsghdr *h = (struct nlmsghdr *)buf;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        for (; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_type == NLMSG_DONE)
-                return 0;
-            if (h->nlmsg_type == NLMSG_ERROR) {
-                struct nlmsgerr *e = NLMSG_DATA(h);
-                errno = e->error ? -e->error : EPROTO;
-                return -1;
-            }
-            if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY) {
-                struct inet_diag_msg *d = NLMSG_DATA(h);
-                map[ntohs(d->id.idiag_sport)] = 1;
-            }
-        }
-    }
-}
-
-int pr_bound_ports(int protocol, unsigned char *map, int *err)
-{
-    int nl = cloexec_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
-    int rc;
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req req;
+    } tcp;
+    int nl, rc;
+    if (which == 2 && protocol != IPPROTO_TCP)
+        return 0; /* no such UDP sockets: the other dumps have them all */
+    nl = cloexec_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
     if (nl < 0)
         return fail(err);
-    rc = dump_family(nl, AF_INET, protocol, map);
-    if (rc == 0)
-        rc = dump_family(nl, AF_INET6, protocol, map);
-    if (rc < 0)
-        *err = errno;
+    if (protocol == IPPROTO_TCP) {
+        /* One walk of the kernel's tables for IPv4 and IPv6 together. */
+        memset(&tcp, 0, sizeof tcp);
+        tcp.nlh.nlmsg_len = sizeof tcp;
+        tcp.nlh.nlmsg_type = PR_TCPDIAG_GETSOCK;
+        tcp.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        tcp.req.idiag_states = which == 2   ? PR_TCPF_BOUND_INACTIVE
+                               : which == 1 ? ~PR_TCPF_BOUND_INACTIVE
+                                            : ~0u;
+        rc = dump(nl, &tcp, sizeof tcp, map, err);
+    } else {
+        memset(&msg, 0, sizeof msg);
+        msg.nlh.nlmsg_len = sizeof msg;
+        msg.nlh.nlmsg_type = PR_SOCK_DIAG_BY_FAMILY;
+        msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        msg.req.sdiag_family = AF_INET;
+        msg.req.sdiag_protocol = (unsigned char)protocol;
+        msg.req.idiag_states = ~0u;
+        rc = dump(nl, &msg, sizeof msg, map, err);
+        if (rc == 0) {
+            msg.req.sdiag_family = AF_INET6;
+            rc = dump(nl, &msg, sizeof msg, map, err);
+        }
+    }
     close(nl);
     return rc;
 }
 #else
-int pr_bound_ports(int protocol, unsigned char *map, int *err)
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err)
 {
     (void)protocol;
+    (void)which;
     (void)map;
     *err = ENOSYS;
     return -1;

@@ -25,9 +25,18 @@ void pr_close_all(int *fds, unsigned int count);
 
 /* Set map[p] = 1 for every port p that has a socket of `protocol`
  * (IPPROTO_TCP or IPPROTO_UDP) bound in this network namespace, IPv4 and IPv6,
- * in any state (TIME_WAIT included), through a NETLINK_SOCK_DIAG dump.
- * map has 65536 entries.  ENOSYS off Linux. */
-int pr_bound_ports(int protocol, unsigned char *map, int *err);
+ * through a NETLINK_SOCK_DIAG dump (TCP: one request for both families).
+ * which = 0: sockets in every state, TIME_WAIT included; 1: all of those but
+ * TCP sockets that are only bound (never listened on or connected, as
+ * holders), whose part of the dump costs the most; 2: those alone (nothing
+ * to do for UDP).  map has 65536 entries.  ENOSYS off Linux. */
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err);
+
+/* Parse len bytes of one reply to that dump: set map[p] = 1 for the source
+ * port p of each socket message.  Returns 1 at the end of the dump, 0 when
+ * more replies follow, -1 with *err set for an error message (its errno) or
+ * a malformed one (EPROTO).  Safe on any bytes; buf needs no alignment. */
+int pr_parse_diag(const unsigned char *buf, size_t len, unsigned char *map, int *err);
 
 /* Hand the holder's port to the user's fresh socket with no window: copy the
  * user's socket options (every one of the list in pr_linux.c whose value

@@ -2,7 +2,7 @@
 
 Each case is a line of code, run with fresh objects (sockets, a held and a
 released reservation, a completion port), that must raise exactly one
-documented class (API.md section 3) with its errno and winerror, in a message
+documented class (docs/API.md section 3) with its errno and winerror, in a message
 that names the bad value, and leave no trace: the same descriptors, the same
 bound sockets, the same kernel reserved list, the same state directory and
 the same association tables as before.  Command-line cases run the

@@ -7,7 +7,9 @@ contract test holds its per-OS modules: each implementation importable here
 has every member, with the Protocol's parameter names, kinds and defaults,
 and a system-call layer has no public function the Protocol does not name
 (a new one is added to the Protocol first).  The Windows modules are
-checked on Windows (and under Wine), the POSIX ones elsewhere.
+checked on Windows (and under Wine), the POSIX ones elsewhere; of the
+overlapped engines, the threads one everywhere (Windows runs aio.reserve's
+callables on it) and the IOCP one on Windows.
 """
 
 import importlib
@@ -23,6 +25,7 @@ import pytest
 
 import portreserve
 from portreserve import _interfaces
+from portreserve._overlapped_types import PortBase
 from portreserve._records import Protocol
 
 WINDOWS = sys.platform == "win32"
@@ -118,6 +121,28 @@ def test_the_chosen_layer_and_engine_are_the_interfaces():
     assert calls.__name__ == f"portreserve._{OS}_{portreserve.backend}"
 
 
+def test_the_chosen_overlapped_engine_is_the_interface():
+    from portreserve import CompletionPort, _overlapped
+
+    engine = _overlapped.overlapped_engine
+    assert isinstance(engine, _interfaces.OverlappedEngine)
+    assert engine.__name__ == f"portreserve._overlapped_{'iocp' if WINDOWS else 'threads'}"
+    assert CompletionPort is engine.CompletionPort
+
+
+@pytest.mark.parametrize("name", ["threads", "iocp"])
+def test_overlapped_engines_keep_their_protocol(name):
+    if name == "iocp" and not WINDOWS:
+        pytest.skip("the IOCP engine is Windows only")
+    engine = importlib.import_module(f"portreserve._overlapped_{name}")
+    assert _mismatches(_interfaces.OverlappedEngine, engine) == []
+    assert isinstance(engine, _interfaces.OverlappedEngine)
+    # Its CompletionPort is a whole PortBase, with PortBase's signatures.
+    cls = engine.CompletionPort
+    assert issubclass(cls, PortBase) and not inspect.isabstract(cls)
+    assert _mismatches(PortBase, cls, impl_is_class=True) == []
+
+
 def test_engine_keeps_its_protocol():
     engine = importlib.import_module(f"portreserve._{OS}")
     assert _mismatches(_interfaces.Engine, engine) == []
@@ -196,6 +221,44 @@ def test_a_misspelt_public_name_fails_at_run_time_and_for_mypy(tmp_path):
     assert done.returncode == 1, done.stdout
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and 'no attribute "reserv"' in errors[0], done.stdout
+
+
+def test_overlapped_results_and_ports_are_typed(tmp_path):
+    # What a user's mypy sees: the port from ``with``, each operation's
+    # result, the aio calls' results - none of them Any.
+    pytest.importorskip("mypy.api")
+    script = tmp_path / "user.py"
+    script.write_text(textwrap.dedent("""\
+        import socket
+        import portreserve
+        from portreserve import aio, lowlevel
+
+        async def main(sock: socket.socket) -> None:
+            with portreserve.CompletionPort() as port:
+                reveal_type(port)
+                op = lowlevel.acquire_port_reservation_overlapped(sock, 0, 2, port=port)
+                reveal_type(op.result())
+                reveal_type(op.exception())
+                reveal_type(lowlevel.release_port_reservation_overlapped(sock, 1).result())
+                reveal_type(lowlevel.associate_port_reservation_overlapped(sock, 1).result())
+            reveal_type(await aio.reserve(2))
+            reveal_type(await aio.acquire_port_reservation(sock, 0, 2))
+    """))
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir",
+         str(tmp_path / "cache"), str(script)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout
+    revealed = [line.split('Revealed type is "', 1)[1].rstrip('"')
+                for line in done.stdout.splitlines() if "Revealed type is" in line]
+    engine = "iocp" if WINDOWS else "threads"
+    instance = "fallback=portreserve._records.PortReservationInstance]"
+    assert len(revealed) == 7, done.stdout
+    assert revealed[0] == f"portreserve._overlapped_{engine}.CompletionPort"
+    assert revealed[1].endswith(instance) and revealed[6].endswith(instance)
+    assert revealed[2] == "Union[builtins.BaseException, None]"
+    assert revealed[3:5] == ["None", "None"]
+    assert revealed[5] == "portreserve._reservation.Reservation"
 
 
 def test_one_version():

@@ -7,7 +7,7 @@ module is shared.  PORTRESERVE_BACKEND picks one; without it we take cffi and
 fall back to ctypes, with a warning, when the compiled module is missing.
 
 A value that names no backend does not break ``import portreserve``: as for
-any bad input (API.md section 3), every call then raises InvalidParameter
+any bad input (docs/API.md section 3), every call then raises InvalidParameter
 naming the value, and the command line says so in one line (exit status 2).
 """
 

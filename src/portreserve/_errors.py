@@ -133,7 +133,7 @@ class OperationAborted(PortReservationError):
     default_winerror = ERROR_OPERATION_ABORTED
 
 
-# Windows codes for system errors outside the table of API.md section 3
+# Windows codes for system errors outside the table of docs/API.md section 3
 # (winerror.h / winsock2.h), so that no error carries winerror 0.
 ERROR_GEN_FAILURE = 31  # no closer Windows code
 ERROR_DISK_FULL = 112

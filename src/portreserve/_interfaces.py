@@ -18,6 +18,11 @@ made (_engine.py, _backend.py), and tests/test_contracts.py checks names,
 parameters and defaults at run time.  Changing an interface means changing
 it here first.
 
+Beside them, the overlapped calls (_overlapped.py, aio) run on one overlapped
+engine per system, chosen once in _overlapped.py -> ``OverlappedEngine``:
+_overlapped_iocp.py on Windows, _overlapped_threads.py elsewhere.  The same
+holds: mypy checks the chosen module in _overlapped.py, the contract test both.
+
 Conventions shared by every member: ports are ints in host byte order;
 tokens are non-zero unsigned 64-bit ints; arguments reach an engine already
 checked (_args.py), so engines only raise for what the system refuses, as
@@ -31,6 +36,7 @@ import typing
 from collections.abc import MutableSequence
 from typing import Any
 
+from ._overlapped_types import Overlapped, PortBase
 from ._records import PersistentReservation, PortReservationInstance, Protocol
 
 #: The descriptor array of the POSIX layers: a cffi ``int[]`` or a list of
@@ -157,9 +163,15 @@ class PosixCalls(typing.Protocol):
     def close_all(self, fds: Fds, count: int) -> None:
         """pr_close_all: close every descriptor >= 0 of ``fds[0..count-1]``."""
 
-    def bound_ports(self, protocol: int) -> bytearray:
-        """pr_bound_ports: 65536 bytes, 1 where a socket of ``protocol``
-        (IPPROTO_TCP/UDP) is bound; OSError(ENOSYS) off Linux."""
+    def bound_ports(self, protocol: int, which: int = 0,
+                    taken: bytearray | None = None) -> bytearray:
+        """pr_bound_ports: 65536 bytes (``taken``, or new), 1 where a socket of
+        ``protocol`` (IPPROTO_TCP/UDP) is bound; ``which`` 1: all but TCP
+        sockets only bound, 2: those alone.  OSError(ENOSYS) off Linux."""
+
+    def parse_diag(self, buf: bytes, taken: bytearray) -> bool:
+        """pr_parse_diag: one sock_diag reply into ``taken``; True at the
+        dump's end; OSError for an error message or malformed bytes."""
 
     def handoff_dup(self, holder: int, user: int) -> None:
         """pr_handoff_dup: the holder replaces the user's descriptor (no window)."""
@@ -291,3 +303,33 @@ class WindowsCalls(typing.Protocol):
 
     def iocp_close(self, iocp: int) -> int:
         """CloseHandle on the IOCP."""
+
+
+@typing.runtime_checkable
+class OverlappedEngine(typing.Protocol):
+    """What an overlapped engine module offers _overlapped.py (see _overlapped_types.py).
+
+    Implemented by _overlapped_iocp.py (Windows) and _overlapped_threads.py.
+    ``call`` is the public call's name, for messages.  Every argument has
+    been checked by the caller except ``port``: None, or this engine's
+    ``CompletionPort`` (anything else raises TypeError; a closed one,
+    InvalidParameter).  ``key`` is any object, handed back with the
+    completion.  The calls return at once; the outcome is the operation's,
+    and it is queued on ``port`` (if given) when the operation finishes.
+    """
+
+    @property
+    def CompletionPort(self) -> type[PortBase]:
+        """The engine's completion port class: ``CompletionPort(concurrency=0)``."""
+
+    def acquire(self, call: str, sock: socket.socket, start_port: int, number_of_ports: int,
+                port: PortBase | None, key: Any) -> Overlapped[PortReservationInstance]:
+        """SIO_ACQUIRE_PORT_RESERVATION on ``sock``, overlapped."""
+
+    def release(self, call: str, sock: socket.socket, token: int,
+                port: PortBase | None, key: Any) -> Overlapped[None]:
+        """SIO_RELEASE_PORT_RESERVATION of a block acquired on ``sock``, overlapped."""
+
+    def associate(self, call: str, sock: socket.socket, token: int,
+                  port: PortBase | None, key: Any) -> Overlapped[None]:
+        """SIO_ASSOCIATE_PORT_RESERVATION on ``sock``, overlapped."""

@@ -125,33 +125,87 @@ def _hold_block(protocol: Protocol, start: int, count: int, fds) -> int:
     raise AssertionError("unreachable")
 
 
+# A bind that fails with one of these found the port taken: search on.
+_TAKEN = (errno.EADDRINUSE, errno.EACCES)
+
+
+def _reserved_spans() -> list[tuple[int, int]]:
+    """ip_local_reserved_ports: persistent blocks a wildcard search leaves alone."""
+    if not _LINUX:
+        return []
+    # Plain reads: open() with its buffered text layers cost twice as much.
+    fd = os.open("/proc/sys/net/ipv4/ip_local_reserved_ports", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = chunk = os.read(fd, 4096)
+        while len(chunk) == 4096:  # a sysctl's short read is its end
+            chunk = os.read(fd, 4096)
+            text += chunk
+    finally:
+        os.close(fd)
+    return parse_port_list(text.decode()) if text.strip() else []
+
+
+# About what the dump of bound-only TCP sockets costs, counted in binds.
+_BINDS_BEFORE_BOUND_ONLY_DUMP = 128
+
+
+# calls.bound_ports(which=): all but the TCP sockets only bound, or those alone.
+_DUMP_ACTIVE, _DUMP_BOUND_ONLY = 1, 2
+
+
+def _bound_ports(proto: int, which: int, taken: bytearray) -> bytearray:
+    try:
+        return calls.bound_ports(proto, which, taken)
+    except OSError:  # no sock_diag (old kernel, seccomp, a bad reply): the binds still check
+        return taken
+
+
 def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
-    """Find and hold a free block of ``count`` ports; return its start."""
+    """Find and hold a free block of ``count`` ports; return its start.
+
+    The binds are the only real check.  Cheap guesses come first: for one
+    port the kernel's own choice, for more a random start in the ephemeral
+    range.  Only when that collides do we ask the kernel which ports are
+    bound (a sock_diag dump, which walks the kernel's socket tables of every
+    namespace) and search its map, ephemeral range first as Windows does,
+    then every unprivileged port.  TCP sockets that are only bound are
+    left out of that dump (the costly part) and found by the binds, unless
+    there are many.
+    """
     global _family
     type_ = protocol.socket_type
-    if count == 1:  # the kernel's own choice is the fastest search
+    if count == 1:
         try:
             fds[0], port = calls.hold_any(_family, type_)
             return port
         except OSError as exc:
-            if exc.errno != errno.EAFNOSUPPORT or _family != socket.AF_INET6:
+            if exc.errno == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
+                _family = socket.AF_INET
+                return _hold_wildcard(protocol, count, fds)
+            # The kernel looks in the ephemeral range only; when that is
+            # full (EADDRINUSE) the search below looks further.
+            if exc.errno not in _TAKEN:
                 raise _errors.from_errno(exc.errno, "reserve") from None
-            _family = socket.AF_INET
-            return _hold_wildcard(protocol, count, fds)
-    try:
-        taken = calls.bound_ports(_IPPROTO[protocol])
-    except OSError:  # no sock_diag (old kernel, seccomp): the binds still check
-        taken = bytearray(65536)
-    if _LINUX:
-        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
-            for lo, hi in parse_port_list(f.read()):
-                taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
-    need = bytes(count)
     eph_lo, eph_hi = calls.port_range()
-    # Ephemeral range first, as Windows does; then all unprivileged ports.
+    reserved = _reserved_spans()
+    if count > 1 and eph_hi - eph_lo + 1 >= count:
+        # A random start keeps concurrent searchers apart, also across fork
+        # (the random module reseeds itself in a child).
+        start = random.randint(eph_lo, eph_hi - count + 1)
+        if not any(lo < start + count and start <= hi for lo, hi in reserved):
+            n, err = _hold(type_, start, count, fds)
+            if n == count:
+                return start
+            if err not in _TAKEN:
+                raise _errors.from_errno(err, "reserve")
+    proto = _IPPROTO[protocol]
+    taken = _bound_ports(proto, _DUMP_ACTIVE, bytearray(65536))
+    for lo, hi in reserved:
+        taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
+    need = bytes(count)
+    wasted = 0  # binds that failed since the dump
     for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
-        # A random starting point keeps concurrent searchers apart.
-        pos = _random.randint(lo, hi)
+        pos = random.randint(lo, hi)
         for first in (pos, lo):
             while True:
                 start = taken.find(need, first, hi + 1)
@@ -160,10 +214,15 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
                 n, err = _hold(type_, start, count, fds)
                 if n == count:
                     return start
-                if err not in (errno.EADDRINUSE, errno.EACCES):
+                if err not in _TAKEN:
                     raise _errors.from_errno(err, "reserve")
                 taken[start + n] = 1
                 first = start + n + 1
+                wasted += n + 1
+                if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP > wasted - n - 1:
+                    # Many ports only bound (other blocks' holders): their
+                    # dump costs less than finding them one bind at a time.
+                    _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
     raise _errors.ReservationConflict(
         f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
 

@@ -49,12 +49,22 @@ def close_all(fds: Fds, count: int) -> None:
     lib.pr_close_all(fds, count)
 
 
-def bound_ports(protocol: int) -> bytearray:
-    taken = bytearray(65536)
+def bound_ports(protocol: int, which: int = 0, taken: bytearray | None = None) -> bytearray:
+    if taken is None:
+        taken = bytearray(65536)
     err = ffi.new("int *")
-    if lib.pr_bound_ports(protocol, ffi.from_buffer(taken), err) < 0:
+    if lib.pr_bound_ports(protocol, which, ffi.from_buffer(taken), err) < 0:
         _raise(err[0])
     return taken
+
+
+def parse_diag(buf, taken: bytearray) -> bool:
+    """One reply of a sock_diag dump into taken; True at its end (tests, fuzzing)."""
+    err = ffi.new("int *")
+    rc = lib.pr_parse_diag(ffi.from_buffer(buf), len(buf), ffi.from_buffer(taken), err)
+    if rc < 0:
+        _raise(err[0])
+    return rc == 1
 
 
 def handoff_dup(holder: int, user: int) -> None:

@@ -48,7 +48,8 @@ from typing import Any, Callable
 from . import _errors, _windows
 from ._backend import calls
 from ._errors import InvalidParameter, OperationAborted
-from ._overlapped_types import Completion, Overlapped, PortBase
+from ._interfaces import Op
+from ._overlapped_types import Completion, Overlapped, PortBase, T
 from ._records import PortReservationInstance
 
 # Windows only; this also tells mypy --platform linux to skip the rest.
@@ -68,11 +69,11 @@ def _ms(timeout: float | None) -> int:
     return min(math.ceil(max(timeout, 0.0) * 1000), calls.INFINITE - 1)
 
 
-class _IoctlOp(Overlapped):
+class _IoctlOp(Overlapped[T]):
     """An Overlapped that is one overlapped WSAIoctl."""
 
     def __init__(self, call: str, ioctl: str, key: Any, sock: socket.socket,
-                 port: CompletionPort | None, decode: Callable[[bytes], Any],
+                 port: CompletionPort | None, decode: Callable[[bytes], T],
                  error: Callable[[int, str], Exception] | None = None) -> None:
         super().__init__(call, key)
         self._ioctl = ioctl  # its name, for messages
@@ -85,10 +86,10 @@ class _IoctlOp(Overlapped):
         self._out_size = 0
         # Orders op_cancel against op_free: CancelIoEx must never get a freed op.
         self._lock = threading.Lock()
-        self._handle: Any = None  # the C op, from op_new until op_free
+        self._handle: Op = None  # the C op, from op_new until op_free
         self._aborted_by: str | None = None  # why we called CancelIoEx, if it was in time
 
-    def _new(self, notify: int, code: int, in_data: bytes, out_size: int) -> Any:
+    def _new(self, notify: int, code: int, in_data: bytes, out_size: int) -> Op:
         try:
             self._handle = calls.op_new(notify, code, in_data, out_size)
         except OSError as exc:
@@ -115,7 +116,7 @@ class _IoctlOp(Overlapped):
         self._port._until(self.done, timeout)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         return super().result(self._progress(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -201,7 +202,7 @@ class CompletionPort(PortBase):
         self._free = weakref.finalize(self, calls.iocp_close, self._iocp)
         self._free.atexit = False
         self._cond = threading.Condition()
-        self._pending: dict[Any, _IoctlOp] = {}  # by C op, until its packet is dequeued
+        self._pending: dict[Op, _IoctlOp[Any]] = {}  # by C op, until its packet is dequeued
         self._ready: deque[Completion] = deque()  # dequeued, not yet returned by get()
         self._pumper: int | None = None  # the thread in iocp_get
         # Sockets attached to this port, with their handle then: a socket can
@@ -219,7 +220,7 @@ class CompletionPort(PortBase):
         self._check_open("CompletionPort.fileno")
         return -1
 
-    def _start(self, op: _IoctlOp, sock: socket.socket, code: int, in_data: bytes,
+    def _start(self, op: _IoctlOp[Any], sock: socket.socket, code: int, in_data: bytes,
                out_size: int) -> None:
         """Attach ``sock`` if needed and start ``op`` on this port."""
         with self._cond:  # held across op_start, so close() sees every op started
@@ -244,7 +245,7 @@ class CompletionPort(PortBase):
         if failed:
             op._complete()
 
-    def _process(self, handles: list) -> None:
+    def _process(self, handles: list[Op]) -> None:
         """Finish the ops of dequeued packets and queue their completions, in order."""
         with self._cond:
             ops = [self._pending.pop(h) for h in handles if h in self._pending]
@@ -341,8 +342,8 @@ class CompletionPort(PortBase):
 
 
 def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes,
-           out_size: int, decode: Callable[[bytes], Any], port: object,
-           key: Any, error: Callable[[int, str], Exception] | None = None) -> Overlapped:
+           out_size: int, decode: Callable[[bytes], T], port: PortBase | None,
+           key: Any, error: Callable[[int, str], Exception] | None = None) -> Overlapped[T]:
     """Issue an overlapped WSAIoctl (arguments already checked, but ``port``).
 
     Any control code: the tests start one that really pends through here.
@@ -376,7 +377,7 @@ def decode_instance(out: bytes) -> PortReservationInstance:
 
 
 def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: int,
-            port: object, key: Any) -> Overlapped:
+            port: PortBase | None, key: Any) -> Overlapped[PortReservationInstance]:
     return _start(call, "SIO_ACQUIRE_PORT_RESERVATION", sock,
                   calls.SIO_ACQUIRE_PORT_RESERVATION,
                   calls.encode_port_range(start_port, number_of_ports),
@@ -384,14 +385,14 @@ def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: in
 
 
 def release(call: str, sock: socket.socket, token: int,
-            port: object, key: Any) -> Overlapped:
+            port: PortBase | None, key: Any) -> Overlapped[None]:
     return _start(call, "SIO_RELEASE_PORT_RESERVATION", sock,
                   calls.SIO_RELEASE_PORT_RESERVATION, calls.encode_token(token), 0,
                   lambda out: None, port, key)
 
 
 def associate(call: str, sock: socket.socket, token: int,
-              port: object, key: Any) -> Overlapped:
+              port: PortBase | None, key: Any) -> Overlapped[None]:
     return _start(call, "SIO_ASSOCIATE_PORT_RESERVATION", sock,
                   calls.SIO_ASSOCIATE_PORT_RESERVATION, calls.encode_token(token), 0,
                   lambda out: None, port, key,

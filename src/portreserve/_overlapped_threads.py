@@ -36,11 +36,11 @@ import threading
 import weakref
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from ._engine import engine
 from ._errors import InvalidParameter, OperationAborted, from_errno
-from ._overlapped_types import Completion, Overlapped, PortBase
+from ._overlapped_types import Completion, Overlapped, PortBase, T
 from ._records import PortReservationInstance
 
 # A worker with nothing to do for this long exits; the next operation starts
@@ -52,15 +52,15 @@ def _closed(sock: socket.socket | None) -> bool:
     return sock is not None and sock.fileno() == -1
 
 
-class _ThreadOp(Overlapped):
+class _ThreadOp(Overlapped[T]):
     """An operation that a worker thread runs: a call of the synchronous engine."""
 
-    def __init__(self, call: str, key: Any, sock: socket.socket | None, fn: Callable[[], Any],
-                 undo: Callable[[Any], object] | None) -> None:
+    def __init__(self, call: str, key: Any, sock: socket.socket | None, fn: Callable[[], T],
+                 undo: Callable[[T], object] | None) -> None:
         super().__init__(call, key)
         # (socket or None, the call, how to undo its result) until it ran.
-        self._work: tuple[socket.socket | None, Callable[[], Any],
-                          Callable[[Any], object] | None] | None = (sock, fn, undo)
+        self._work: tuple[socket.socket | None, Callable[[], T],
+                          Callable[[T], object] | None] | None = (sock, fn, undo)
 
     def _run(self) -> None:
         """Run the operation; called by a worker thread, once."""
@@ -97,13 +97,18 @@ class _ThreadOp(Overlapped):
             self.set_exception(OperationAborted(f"{self.call}: the completion port was closed"))
 
 
+class _Item(Protocol):
+    """What a worker pool queues: an operation, or a test's plug."""
+
+    def _run(self) -> None:
+        """Run it, in a worker thread."""
+
+    def _abort(self) -> None:
+        """End it unrun: its pool was closed."""
 
 
 class _Workers:
-    """The threads that run operations: the Linux submission layer.
-
-    Queue items have ``_run()`` (in a worker) and ``_abort()`` (at close).
-    """
+    """The threads that run operations: the Linux submission layer."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -111,13 +116,13 @@ class _Workers:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # idle workers wait here only
         self._closing: list[threading.Condition] = []  # also notified at close
-        self._queue: deque = deque()
+        self._queue: deque[_Item] = deque()
         self._threads: list[threading.Thread] = []  # every thread that may be alive
         self._live = 0  # threads not yet on their way out
         self._idle = 0  # threads waiting for work
         _all_workers.add(self)
 
-    def submit(self, item) -> bool:
+    def submit(self, item: _Item) -> bool:
         """Queue ``item``; False if the pool is closed."""
         with self._cond:
             if self.closed:
@@ -151,7 +156,7 @@ class _Workers:
                     try:
                         item._run()
                     finally:
-                        item = None  # do not keep a finished op alive while idle
+                        del item  # do not keep a finished op alive while idle
                         cond.acquire()
             finally:
                 self._live -= 1
@@ -262,7 +267,7 @@ class CompletionPort(PortBase):
         else:
             os.read(self._fd, 1)
 
-    def _post(self, op: Future) -> None:
+    def _post(self, op: Future[Any]) -> None:
         """Done-callback of every operation of this port: queue its completion."""
         assert isinstance(op, Overlapped)
         with self._cond:
@@ -294,9 +299,9 @@ def _close_pipe(r: int, w: int) -> None:
     os.close(w)
 
 
-def submit(call: str, sock: socket.socket | None, fn: Callable[[], Any],
-           port: CompletionPort | None, key: Any,
-           undo: Callable[[Any], object] | None = None) -> Overlapped:
+def submit(call: str, sock: socket.socket | None, fn: Callable[[], T],
+           port: PortBase | None, key: Any,
+           undo: Callable[[T], object] | None = None) -> Overlapped[T]:
     """Run ``fn`` as an overlapped operation (arguments already checked, but ``port``)."""
     if port is not None and not isinstance(port, CompletionPort):
         raise TypeError(f"{call}: port must be a CompletionPort or None, "
@@ -317,7 +322,7 @@ def submit(call: str, sock: socket.socket | None, fn: Callable[[], Any],
 # ---- the engine interface (see _overlapped_types.py) ---------------------
 
 def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: int,
-            port: CompletionPort | None, key: Any) -> Overlapped:
+            port: PortBase | None, key: Any) -> Overlapped[PortReservationInstance]:
     def acquire() -> PortReservationInstance:
         return engine.acquire(sock, start_port, number_of_ports)
 
@@ -326,12 +331,12 @@ def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: in
 
 
 def release(call: str, sock: socket.socket, token: int,
-            port: CompletionPort | None, key: Any) -> Overlapped:
+            port: PortBase | None, key: Any) -> Overlapped[None]:
     return submit(call, sock, lambda: engine.release(sock, token), port, key)
 
 
 def associate(call: str, sock: socket.socket, token: int,
-              port: CompletionPort | None, key: Any) -> Overlapped:
+              port: PortBase | None, key: Any) -> Overlapped[None]:
     return submit(call, sock, lambda: engine.associate(sock, token), port, key)
 
 

@@ -50,15 +50,20 @@ from . import _args
 from ._errors import InvalidParameter
 
 
+#: What an operation's ``result()`` returns: PortReservationInstance for an
+#: acquire, None for a release or an associate.
+T = TypeVar("T")
+
+
 class Completion(NamedTuple):
     """A finished operation, as dequeued from a CompletionPort."""
 
     key: Any
-    op: Overlapped
+    op: Overlapped[Any]
 
 
-class Overlapped(Future):
-    """One overlapped operation (a concurrent.futures.Future).
+class Overlapped(Future[T]):
+    """One overlapped operation (a concurrent.futures.Future of its result).
 
     ``cancel()`` returns True only if the operation was stopped before it
     took effect; it then never changed anything.  An operation whose
@@ -127,6 +132,19 @@ class PortBase(abc.ABC):
             if timeout > threading.TIMEOUT_MAX:  # +inf too: no system waits longer
                 timeout = None
         return max_entries, timeout
+
+    @property
+    @abc.abstractmethod
+    def concurrency(self) -> int:
+        """How many operations of this port may run at once."""
+
+    @abc.abstractmethod
+    def fileno(self) -> int:
+        """A descriptor select() can wait on, readable while completions are queued; or -1."""
+
+    @abc.abstractmethod
+    def get(self, timeout: float | None = None, max_entries: int = 64) -> list[Completion]:
+        """Up to ``max_entries`` finished operations; [] after ``timeout`` seconds."""
 
     @abc.abstractmethod
     def close(self) -> None:

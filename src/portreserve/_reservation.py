@@ -199,9 +199,20 @@ def reserve(count: int = 1, *, start: int = 0, protocol: str | Protocol = "tcp")
         SIO_ACQUIRE_PORT_RESERVATION control code; on Linux and macOS one
         holder socket per port (docs/linux.md).
     """
-    proto = _args.protocol("reserve", protocol)
-    start, count = _args.block("reserve", start, count, wildcard=True)
+    # The usual call is checked inline, as _args would (that took a tenth of
+    # reserve(1)); anything else goes through _args for its error.
+    if (count.__class__ is int and start.__class__ is int and 0 < count <= 65535
+            and (start == 0 or 0 < start <= 65536 - count)
+            and protocol.__class__ in _PROTOCOL_TYPES and protocol in _PROTOCOLS):
+        proto = _PROTOCOLS[protocol]
+    else:
+        proto = _args.protocol("reserve", protocol)
+        start, count = _args.block("reserve", start, count, wildcard=True)
     return Reservation(engine.reserve(proto, start, count))
+
+
+_PROTOCOLS = {"tcp": Protocol.TCP, "udp": Protocol.UDP}
+_PROTOCOL_TYPES = (str, Protocol)
 
 
 def bind(sock: socket.socket, token: int, host: str = "") -> int:

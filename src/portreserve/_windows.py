@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 assert sys.platform == "win32"  # Windows only; also tells mypy to skip this module elsewhere
 
@@ -30,7 +31,7 @@ def _check(err: int, call: str) -> None:
         raise _errors.from_winerror(err, call)
 
 
-def _bind(sock: socket.socket, address, call: str) -> None:
+def _bind(sock: socket.socket, address: tuple[Any, ...], call: str) -> None:
     """sock.bind with its failure in the contract's classes."""
     try:
         sock.bind(address)
@@ -122,7 +123,7 @@ def associate(sock: socket.socket, token: int) -> None:
                               sock, token)
 
 
-def bind_associated(sock: socket.socket, address) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     _bind(sock, address, "bind_associated")
 
 

@@ -9,7 +9,12 @@ pointers compare and hash by address).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._pr_cffi import ffi, lib
+
+if TYPE_CHECKING:
+    from ._interfaces import Op
 
 SIO_ACQUIRE_PORT_RESERVATION = lib.pr_sio_acquire_port_reservation
 SIO_RELEASE_PORT_RESERVATION = lib.pr_sio_release_port_reservation
@@ -71,7 +76,7 @@ def persistent_lookup(udp: bool, start_port: int, number_of_ports: int) -> tuple
 
 # ---- overlapped engine (the C in pr_windows.c owns the lifetimes) ----------
 
-def op_new(notify: int, code: int, in_data: bytes, out_size: int):
+def op_new(notify: int, code: int, in_data: bytes, out_size: int) -> Op:
     """A new op, or raises OSError (winerror set) when none can be made."""
     err = ffi.new("uint32_t *")
     op = lib.pr_op_new(notify, code, in_data, len(in_data), out_size, err)
@@ -80,11 +85,11 @@ def op_new(notify: int, code: int, in_data: bytes, out_size: int):
     return op
 
 
-def op_start(op, s: int) -> int:
+def op_start(op: Op, s: int) -> int:
     return lib.pr_op_start(op, s)
 
 
-def op_result(op) -> tuple[int, int] | None:
+def op_result(op: Op) -> tuple[int, int] | None:
     """(status, bytes) once the op has finished, else None."""
     out = ffi.new("uint32_t[2]")
     if lib.pr_op_result(op, out, out + 1):
@@ -92,21 +97,21 @@ def op_result(op) -> tuple[int, int] | None:
     return None
 
 
-def op_wait(op, timeout_ms: int = INFINITE) -> int:
+def op_wait(op: Op, timeout_ms: int = INFINITE) -> int:
     return lib.pr_op_wait(op, timeout_ms)
 
 
-def op_cancel(op) -> int:
+def op_cancel(op: Op) -> int:
     return lib.pr_op_cancel(op)
 
 
-def op_out(op, size: int) -> bytes:
+def op_out(op: Op, size: int) -> bytes:
     buf = ffi.new("unsigned char[]", size)
     n = lib.pr_op_out(op, buf, size)
     return ffi.buffer(buf, n)[:]
 
 
-def op_free(op) -> None:
+def op_free(op: Op) -> None:
     lib.pr_op_free(op)
 
 
@@ -120,7 +125,7 @@ def iocp_attach(iocp: int, s: int) -> int:
     return lib.pr_iocp_attach(iocp, s)
 
 
-def iocp_get(iocp: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list]:
+def iocp_get(iocp: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[Op]]:
     max_ops = max(1, min(max_ops, 64))
     ops = ffi.new("pr_op *[]", max_ops)
     count = ffi.new("uint32_t *")

@@ -14,6 +14,7 @@ import ctypes
 import struct
 import sys
 from ctypes import wintypes
+from typing import Any, Callable
 
 from ._errors import (
     ERROR_INVALID_DATA,
@@ -67,7 +68,8 @@ _SOCKET = ctypes.c_size_t
 _LPDWORD = ctypes.POINTER(wintypes.DWORD)
 
 
-def _proto(dll, name, restype, *argtypes):
+def _proto(dll: ctypes.CDLL, name: str, restype: type[Any] | None,
+           *argtypes: type[Any]) -> Callable[..., Any]:
     fn = getattr(dll, name)
     fn.restype, fn.argtypes = restype, argtypes
     return fn
@@ -143,7 +145,7 @@ def associate(s: int, token: int) -> int:
     return _ioctl(s, SIO_ASSOCIATE_PORT_RESERVATION, encode_token(token), 0)[0]
 
 
-def _persistent(verb: str, udp: bool):
+def _persistent(verb: str, udp: bool) -> Callable[..., int] | None:
     """The iphlpapi function, or None where it is not exported (Wine)."""
     name = f"{verb}Persistent{'Udp' if udp else 'Tcp'}PortReservation"
     try:
@@ -265,7 +267,7 @@ def op_start(op: _Op, s: int) -> int:
     return err
 
 
-def _op_status(op: _Op, nbytes) -> int:
+def _op_status(op: _Op, nbytes: wintypes.DWORD) -> int:
     """The Winsock status of a finished op, as the synchronous call gives it."""
     flags = wintypes.DWORD()
     ok = _WSAGetOverlappedResult(op.s, ctypes.byref(op.ov), ctypes.byref(nbytes), False,
@@ -288,7 +290,7 @@ def _event_poll(op: _Op) -> bool:
     return True
 
 
-def _internal_status(op: _Op, nbytes) -> int:
+def _internal_status(op: _Op, nbytes: wintypes.DWORD) -> int:
     """The Win32 code of a finished op (no wait, so the handle is not used)."""
     ok = _GetOverlappedResult(op.s, ctypes.byref(op.ov), ctypes.byref(nbytes), False)
     return 0 if ok else _err()

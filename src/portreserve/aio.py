@@ -42,7 +42,7 @@ import functools
 import socket
 import sys
 import weakref
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from . import _args, _overlapped
 from ._engine import engine
@@ -55,7 +55,14 @@ __all__ = ["reserve", "acquire_port_reservation", "release_port_reservation",
            "associate_port_reservation"]
 
 
-def _settle(done: asyncio.Future, op: concurrent.futures.Future) -> None:
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    # An operation's submission: (the loop's port or None, key) -> the operation.
+    _Submit = Callable[[CompletionPort | None, Any], Overlapped[T]]
+
+
+def _settle(done: asyncio.Future[T], op: concurrent.futures.Future[T]) -> None:
     """Copy the outcome of a finished ``op`` onto the loop's future ``done``."""
     if done.done():
         return
@@ -89,10 +96,9 @@ class _LoopPort:
             if isinstance(completion.key, asyncio.Future):  # not a test hook's op
                 _settle(completion.key, completion.op)
 
-    def start(self, submit: Callable[[CompletionPort | None, Any], Overlapped]
-              ) -> tuple[Overlapped, asyncio.Future]:
+    def start(self, submit: _Submit[T]) -> tuple[Overlapped[T], asyncio.Future[T]]:
         """Submit an operation with a loop future as its key; return both."""
-        done = self.loop.create_future()
+        done: asyncio.Future[T] = self.loop.create_future()
         op = submit(self.port, done)
         if not self.watched:
             op.add_done_callback(lambda op: self.loop.call_soon_threadsafe(_settle, done, op))
@@ -129,7 +135,7 @@ def _loop_port() -> Iterator[_LoopPort]:
             lp.close()  # every operation has finished: only idle threads to join
 
 
-async def _wait_out(done: asyncio.Future) -> None:
+async def _wait_out(done: asyncio.Future[Any]) -> None:
     """Wait until ``done`` is done, whatever cancellations arrive meanwhile."""
     while not done.done():
         try:
@@ -138,8 +144,7 @@ async def _wait_out(done: asyncio.Future) -> None:
             pass
 
 
-async def _run(submit: Callable[[CompletionPort | None, Any], Overlapped],
-               undo: Callable[[Any], object] | None = None) -> Any:
+async def _run(submit: _Submit[T], undo: Callable[[T], object] | None = None) -> T:
     """Run an overlapped operation; on cancellation abort it, or undo it."""
     with _loop_port() as lp:
         op, done = lp.start(submit)
