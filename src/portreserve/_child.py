@@ -232,9 +232,6 @@ def _popen_released(reservation: Reservation, args: Args, listen_fds: bool,
         raise NotSupported("popen: listen_fds needs POSIX descriptor passing; on Windows "
                            "give the child Reservation.socket().share(pid)")
     block = reservation._block
-    block.close()
-    proc = ReservedPopen(args, **kwargs)
-    proc.args = args
 
     def give_back() -> None:
         from ._engine import engine
@@ -242,5 +239,13 @@ def _popen_released(reservation: Reservation, args: Args, listen_fds: bool,
             reservation._block = engine.reserve(block.protocol, block.start, block.count)
         except PortReservationError:
             pass  # taken in the meantime: the reservation stays released
+
+    block.close()
+    try:
+        proc = ReservedPopen(args, **kwargs)
+    except BaseException:
+        give_back()
+        raise
+    proc.args = args
     proc._give_back = give_back
     return proc
