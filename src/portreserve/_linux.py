@@ -525,6 +525,45 @@ class Block:
         if not getattr(self, "closed", True):
             self._close_fds()
 
+    # Lending ports to a child process (Reservation.popen, _child.py).
+
+    def lend(self, release: bool) -> list[tuple[int, int]]:
+        """Lend every free port to a child about to start: ``[(port, holder fd)]``.
+
+        The block keeps its copy of each holder (the child inherits another),
+        so the port stays bound whatever the child does; the ports leave the
+        free list until give_back().  With ``release`` the holders are closed
+        now instead (the child binds the ports itself, with a window) and the
+        list has fd -1.  InvalidParameter on a released block.
+        """
+        with _signals_held(), self._lock:
+            if self.closed:
+                raise InvalidParameter(f"popen: reservation {self.token} was released")
+            self._collect()
+            lent = sorted(self._free)
+            self._free.clear()
+            if release:
+                for i in lent:
+                    fd, self._fds[i] = self._fds[i], -1
+                    os.close(fd)
+            return [(self.start + i, self._fds[i]) for i in lent]
+
+    def give_back(self, ports: list[int]) -> None:
+        """The child that borrowed ``ports`` has exited: each holder becomes
+        the block's again (readopt: the port never unbound), or, if it was
+        closed for the child, the port is held anew when it can be."""
+        with _signals_held(), self._lock:
+            if self.closed:
+                return
+            for port in ports:
+                i = port - self.start
+                fd, self._fds[i] = self._fds[i], -1
+                if fd >= 0:
+                    self._readopt(port, fd, True)
+                else:
+                    self._lost.add(i)
+            self._collect()
+
 
 class _HeldSocket(socket.socket):
     """The holder itself, handed out by Block.socket(): closing it (close(),
