@@ -27,11 +27,13 @@ import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
+import ctypes
 import errno
 import os
 import random
 import resource
 import socket
+import struct
 import threading
 import weakref
 
@@ -195,7 +197,7 @@ class Block:
                                            f"{self.start}..{self.start + self.count - 1}")
                 if i in self._users:
                     self._reclaim()
-                if i in self._users:
+                if i not in self._free:  # handed out, or lent to a child
                     raise ReservationExhausted(f"bind: port {port} is in use")
                 self._free.remove(i)
             else:
@@ -244,6 +246,40 @@ class Block:
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
             calls.close_all(self._fds, self.count)
+
+    # Lending ports to a child process (Reservation.popen).  give_back() is
+    # written against what a holder can go through in a child; the engine's
+    # re-adopt primitive (issue 11) is meant to take its place.
+
+    def lend(self, release: bool) -> list[tuple[int, int]]:
+        """Lend every held port to a child about to start: ``[(port, holder fd)]``.
+
+        The ports leave the free list until give_back().  With ``release``
+        the holders are closed now (the child binds the ports itself, with a
+        window) and the list has fd -1."""
+        with self._lock:
+            if self.closed:
+                raise InvalidParameter(f"popen: reservation {self.token} was released")
+            self._reclaim()
+            lent = sorted(self._free)
+            self._free.clear()
+            if release:
+                for i in lent:
+                    os.close(self._fds[i])
+                    self._fds[i] = -1
+            return [(self.start + i, self._fds[i]) for i in lent]
+
+    def give_back(self, ports: list[int]) -> None:
+        """The child that borrowed ``ports`` has exited: hold them again."""
+        with self._lock:
+            if self.closed:
+                return
+            for port in ports:
+                i = port - self.start
+                self._fds[i] = _readopt(self._fds[i], self.protocol, port)
+                if self._fds[i] >= 0:
+                    self._free.append(i)
+            self._free.sort(reverse=True)
 
 
 def _packed(family: int, host: str) -> bytes:
@@ -386,3 +422,45 @@ def list_persistent(protocol):
 
 def restore():
     return _persistent().restore()
+
+
+# A classic BPF program of one instruction, "return 0": drop every datagram.
+_SO_ATTACH_FILTER = 26
+_DROP_INSN = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0), 8)
+_DROP_ALL = struct.pack("HxxxxxxP", 1, ctypes.addressof(_DROP_INSN))
+
+
+def _hold_one(protocol: Protocol, port: int) -> int:
+    one = calls.new_fds(1)
+    return one[0] if _hold(protocol.socket_type, port, 1, one)[0] == 1 else -1
+
+
+def _readopt(fd: int, protocol: Protocol, port: int) -> int:
+    """Make a holder lent to a child (or -1: closed before it started) a
+    plain holder again; return the descriptor that now holds ``port``, or -1
+    if it could not be held."""
+    if fd < 0:
+        return _hold_one(protocol, port)
+    sock = socket.socket(fileno=fd)
+    try:
+        for opt in (socket.SO_REUSEADDR, socket.SO_REUSEPORT):
+            sock.setsockopt(socket.SOL_SOCKET, opt, 0)
+        if protocol is Protocol.UDP:
+            if _LINUX:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _DROP_ALL)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            return sock.detach()
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return sock.detach()
+        # shutdown() stops listening (queued connections are refused) and
+        # keeps a port that was bound by number; one the kernel chose for
+        # bind(0) is let go with it, and a fresh holder takes it at once.
+        sock.shutdown(socket.SHUT_RDWR)
+        fresh = _hold_one(protocol, port)
+        if fresh < 0:
+            return sock.detach()
+        sock.close()
+        return fresh
+    except OSError:
+        sock.close()
+        return _hold_one(protocol, port)
