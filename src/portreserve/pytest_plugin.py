@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +125,30 @@ def reserved_udp_socket(reservation: ReservationFactory) -> Iterator[socket.sock
     yield from _socket_fixture(reservation, "udp")
 
 
+def _die_with_parent() -> Any:
+    """A preexec_fn that makes the child die with the process that started it.
+
+    A pytest-xdist worker killed with SIGKILL runs no teardown; without this
+    its children would keep the ports they borrowed.  Linux's
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is set
+    only for children started from the main thread (where tests run).
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+    import os
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Terminate ``proc`` (SIGKILL if SIGTERM is not enough), reap it, close its pipes."""
     try:
@@ -143,18 +169,33 @@ def _stop(proc: subprocess.Popen) -> None:
                     pipe.close()
 
 
+def _names(args: Any, port: int) -> bool:
+    """Whether the command line ``args`` has ``port`` in it as a number."""
+    import os
+    import re
+
+    words = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+    number = re.compile(rf"(?<![0-9]){port}(?![0-9])")
+    return any(number.search(os.fsdecode(w) if isinstance(w, (bytes, os.PathLike)) else str(w))
+               for w in words)
+
+
 class PopenFactory:
     """The ``reserved_popen`` fixture: ``reserved_popen(args, *, count=1,
     protocol="tcp", listen_fds=False, **kwargs) -> (Popen, Reservation)``.
 
     Starts ``args`` with ``Reservation.popen`` (``{port}``, ``{port0}``...,
     ``PORT``, ``PORTRESERVE_PORTS``; ``listen_fds`` for socket activation;
-    ``kwargs`` go to ``subprocess.Popen``).  One port of a protocol whose
-    ``reserved_tcp_port``/``reserved_udp_port`` the test also uses is that
-    port, so a child started by that number gets it; otherwise the child gets
-    a new reservation of ``count`` ports.  Every child is terminated (SIGTERM,
+    ``kwargs`` go to ``subprocess.Popen``).  A child whose command line
+    names the number of this test's ``reserved_tcp_port`` (or
+    ``reserved_udp_port``, for ``protocol="udp"``) gets that port, with
+    ``count=1``: ``reserved_popen(["redis-server", "--port",
+    str(reserved_tcp_port)])``.  Any other child gets a new reservation of
+    ``count`` ports, named in ``args`` by ``{port}``...  Every child is terminated (SIGTERM,
     then SIGKILL after 5 s) and reaped at teardown, whatever the outcome of
-    the test.
+    the test; on Linux a child started from the main thread is also killed
+    when the test process dies (an xdist worker killed with SIGKILL), unless
+    ``preexec_fn`` is given.
     """
 
     def __init__(self, reservations: ReservationFactory) -> None:
@@ -167,10 +208,12 @@ class PopenFactory:
 
         proto = _args.protocol("reserved_popen", protocol)
         shared = self._reservations._port_fixtures.get(proto.value)
-        if count == 1 and shared is not None:
+        if count == 1 and shared is not None and _names(args, shared.start):
             res = shared
         else:
             res = self._reservations(count, protocol=protocol)
+        if "preexec_fn" not in kwargs:
+            kwargs["preexec_fn"] = _die_with_parent()
         proc = res.popen(args, listen_fds=listen_fds, **kwargs)
         self._children.append(proc)
         return proc, res
