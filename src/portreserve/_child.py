@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ._errors import InvalidParameter
+from ._errors import InvalidParameter, NotSupported, PortReservationError
 from ._records import Protocol
 
 _PLACEHOLDER = re.compile(r"\{port(\d*)\}")
@@ -165,18 +165,21 @@ def _listening(fd: int, protocol: Protocol) -> None:
         sock.detach()
 
 
-def popen(block, args, *, listen_fds: bool = False, **kwargs) -> ReservedPopen:
+def popen(reservation, args, *, listen_fds: bool = False, **kwargs) -> ReservedPopen:
+    block = reservation._block
     ports = list(range(block.start, block.start + block.count))
     args = substitute(args, ports)
     env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
     env["PORT"] = str(ports[0])
     env["PORTRESERVE_PORTS"] = f"{ports[0]}-{ports[-1]}"
+    kwargs["env"] = env
+    if not hasattr(block, "lend"):
+        return _popen_released(reservation, args, listen_fds, kwargs)
     argv, program = _program(args, kwargs, env)
     library = None if listen_fds else preload_library()
     by_number = library is not None and _dynamic(program)
     lent = block.lend(release=not (listen_fds or by_number))
     fds = [fd for _, fd in lent]
-    kwargs["env"] = env
     try:
         if listen_fds:
             for fd in fds:
@@ -204,4 +207,27 @@ def popen(block, args, *, listen_fds: bool = False, **kwargs) -> ReservedPopen:
         raise
     proc.args = args
     proc._give_back = lambda: block.give_back([p for p, _ in lent])
+    return proc
+
+
+def _popen_released(reservation, args, listen_fds: bool, kwargs) -> ReservedPopen:
+    """Windows: a reservation cannot lend single ports, so the whole block is
+    released just before the child starts and reserved again (a new token)
+    when it has exited.  A child that cooperates can instead take a bound
+    socket through socket.share() (README)."""
+    if listen_fds:
+        raise NotSupported("popen: listen_fds needs POSIX descriptor passing; on Windows "
+                           "give the child Reservation.socket().share(pid)")
+    block = reservation._block
+    block.close()
+    proc = ReservedPopen(args, **kwargs)
+    proc.args = args
+
+    def give_back() -> None:
+        from ._engine import engine
+        try:
+            reservation._block = engine.reserve(block.protocol, block.start, block.count)
+        except PortReservationError:
+            pass  # taken in the meantime: the reservation stays released
+    proc._give_back = give_back
     return proc

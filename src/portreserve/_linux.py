@@ -452,15 +452,20 @@ def _readopt(fd: int, protocol: Protocol, port: int) -> int:
             return sock.detach()
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             return sock.detach()
-        # shutdown() stops listening (queued connections are refused) and
-        # keeps a port that was bound by number; one the kernel chose for
-        # bind(0) is let go with it, and a fresh holder takes it at once.
-        sock.shutdown(socket.SHUT_RDWR)
-        fresh = _hold_one(protocol, port)
-        if fresh < 0:
-            return sock.detach()
+        # The child listened on it.  shutdown() would stop that but lets go
+        # of a port the kernel chose for bind(0), so a fresh holder joins
+        # the port first (the SO_REUSEPORT hand-off) and this one is closed.
+        fresh = socket.socket(_family, socket.SOCK_STREAM)
+        try:
+            if _family == socket.AF_INET6:
+                fresh.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            calls.handoff_reuseport(fd, fresh.fileno(), _family, _packed(_family, ""),
+                                    port, _PRIVATE_UID)
+        except OSError:
+            fresh.close()
+            return sock.detach()  # still listening, but the port stays ours
         sock.close()
-        return fresh
+        return fresh.detach()
     except OSError:
         sock.close()
         return _hold_one(protocol, port)

@@ -77,7 +77,7 @@ class Reservation:
         from . import _child
         if self.closed:
             raise InvalidParameter(f"popen: reservation {self.token} was released")
-        return _child.popen(self._block, args, listen_fds=listen_fds, **kwargs)
+        return _child.popen(self, args, listen_fds=listen_fds, **kwargs)
 
     def handoff(self):
         """A context manager: while it is active, ``socket.socket.bind((host, p))``
