@@ -93,7 +93,7 @@ def fetch(port):
 @pytest.mark.parametrize("i", range(TESTS))
 def test_servers_on_the_port(i, port, start_child):
     # A child started by number binds the port itself.
-    child = start_child([sys.executable, "-c", CHILD, str(port)])
+    child = start_child([sys.executable, "-S", "-c", CHILD, str(port)])
     ready, _, _ = select.select([child.stdout], [], [], 60)
     assert ready and child.stdout.readline() == b"ready\\n", f"child exited {child.wait()}"
     assert fetch(port) == str(child.pid).encode()

@@ -219,7 +219,10 @@ SERVER = {SERVER!r}
 
 def fetch(port):
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        return conn.recv(64)
+        data = conn.recv(64)
+        # Close with a reset: no TIME_WAIT entry outlives the test on the port.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\1\\0\\0\\0\\0\\0\\0\\0")
+        return data
 
 def started(proc):
     ready, _, _ = select.select([proc.stdout], [], [], 60)
@@ -276,10 +279,12 @@ def test_popen_children_get_their_ports_and_are_reaped(suite):
     suite.makepyfile(CHILD_TESTS)
     result = suite.runpytest_subprocess()
     result.assert_outcomes(passed=4, failed=1)
-    for what in seen(suite):
+    children = seen(suite)
+    assert len(children) == 6
+    for what in children:
         assert gone(what["pid"]), what
-        # SO_REUSEADDR: the servers' side of each exchange is in TIME_WAIT.
-        assert can_bind(what["port"], reuse=True), what
+        assert can_bind(what["port"]), (what, children, subprocess.run(
+            ["ss", "-tanpe", f"sport = :{what['port']}"], capture_output=True, text=True).stdout)
 
 
 def test_interrupted_session_reaps_children_and_releases(suite):
@@ -376,6 +381,44 @@ async def test_anyio(reserved_tcp_port, free_tcp_port, free_udp_port, reserved_p
     result.assert_outcomes(passed=2)
     for what in seen(suite):
         assert can_bind(what["port"])
+
+
+def readme_pytest_section() -> str:
+    text = (TESTS_DIR.parent / "README.md").read_text()
+    return text[text.index("\n## pytest\n"):text.index("\n## What is enforced")]
+
+
+def test_readme_example_runs(suite):
+    pytest.importorskip("pytest_asyncio")
+    section = readme_pytest_section()
+    start = section.index("```python\n") + len("```python\n")
+    suite.makepyfile(test_readme=section[start:section.index("```", start)])
+    suite.runpytest_subprocess().assert_outcomes(passed=2)
+
+
+def test_suite_moves_from_unused_tcp_port_in_one_line(suite):
+    pytest.importorskip("pytest_asyncio")
+    [line] = [line for line in readme_pytest_section().splitlines()
+              if line.startswith("from portreserve.pytest_plugin import")]
+    suite.makeconftest(line)
+    # A test written for pytest-asyncio's fixture, unchanged but for Popen.
+    suite.makepyfile(RECORD + f"""
+import socket, subprocess, sys
+from helpers import can_bind
+SERVER = {SERVER!r}
+
+def test_old(unused_tcp_port, reserved_popen):
+    record(port=unused_tcp_port)
+    assert not can_bind(unused_tcp_port, host="::", reuse=True)  # held, not just free
+    with socket.create_server(("127.0.0.1", unused_tcp_port)):
+        pass
+    proc, res = reserved_popen([sys.executable, "-c", SERVER, str(unused_tcp_port)],
+                               stdout=subprocess.PIPE)
+    assert res.start == unused_tcp_port and proc.stdout.readline() == b"ready\\n"
+""")
+    suite.runpytest_subprocess().assert_outcomes(passed=1)
+    [what] = seen(suite)
+    assert can_bind(what["port"])
 
 
 @pytest.mark.skipif(os.environ.get("PORTRESERVE_SKIP_RACE") == "1", reason="asked to skip")
