@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 
 from helpers import LINUX, can_bind, netns_prefix, open_fds
 
-pytestmark = pytest.mark.skipif(not LINUX, reason="the plugin's proofs use Linux's /proc and LD_PRELOAD")
+pytestmark = pytest.mark.skipif(not LINUX, reason="the proofs read Linux's /proc")
 pytest_plugins = ["pytester"]
 
 TESTS_DIR = Path(__file__).parent
@@ -46,7 +47,8 @@ while True:
 @pytest.fixture
 def suite(pytester, monkeypatch):
     """pytester with tests/ importable (helpers.py) and a file for results."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])))
+    path = [str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, path)))
     pytester.syspathinsert(TESTS_DIR)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     out = pytester.path / "seen.json"
@@ -90,7 +92,8 @@ def test_fixtures_are_registered_and_p_no_disables_them(suite):
     listed = result.stdout.str()
     for name in FIXTURES:
         assert re.search(rf"^{name}\b", listed, re.M), name
-    suite.makepyfile(test_one="def test_port(reserved_tcp_port):\n    assert reserved_tcp_port > 0\n")
+    suite.makepyfile(test_one="def test_port(reserved_tcp_port):\n"
+                              "    assert reserved_tcp_port > 0\n")
     suite.runpytest_subprocess().assert_outcomes(passed=1)
     result = suite.runpytest_subprocess("-p", "no:portreserve")
     result.assert_outcomes(errors=1)
@@ -106,8 +109,8 @@ def test_plugin_imports_nothing_at_load():
         import portreserve.pytest_plugin
         print(sorted(set(sys.modules) - before))
     """
-    import textwrap
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['portreserve.pytest_plugin']"
 
@@ -153,7 +156,8 @@ def test_tcp(reserved_tcp_port, reservation):
     assert not can_bind(port, host="::", reuse=True)
     # This process binds the number and gets it: http.server, twice in a row.
     for _ in range(2):
-        with http.server.HTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler) as srv:
+        handler = http.server.SimpleHTTPRequestHandler
+        with http.server.HTTPServer(("127.0.0.1", port), handler) as srv:
             assert srv.server_address[1] == port
             thread = threading.Thread(target=srv.handle_request)
             thread.start()
@@ -255,7 +259,8 @@ def test_child_by_socket_activation(reserved_popen):
     code = "import os, socket; s = socket.socket(fileno=3); print('ready', flush=True); " \\
            "assert os.environ['LISTEN_PID'] == str(os.getpid())\\n" \\
            "while True: c, _ = s.accept(); c.sendall(str(os.getpid()).encode()); c.close()"
-    proc, res = reserved_popen([sys.executable, "-c", code], listen_fds=True, stdout=subprocess.PIPE)
+    proc, res = reserved_popen([sys.executable, "-c", code], listen_fds=True,
+                               stdout=subprocess.PIPE)
     record(pid=proc.pid, port=res.start)
     started(proc)
     assert fetch(res.start) == str(proc.pid).encode()
@@ -350,7 +355,8 @@ import pytest
 from helpers import can_bind
 
 @pytest.mark.asyncio
-async def test_asyncio(reserved_tcp_port, unused_tcp_port, unused_tcp_port_factory, reserved_udp_port):
+async def test_asyncio(reserved_tcp_port, unused_tcp_port, unused_tcp_port_factory,
+                       reserved_udp_port):
     record(port=reserved_tcp_port)
     assert unused_tcp_port != reserved_tcp_port and unused_tcp_port_factory() != reserved_tcp_port
     server = await asyncio.start_server(lambda r, w: w.write(b"hi"), "127.0.0.1", reserved_tcp_port)
@@ -433,7 +439,8 @@ def test_xdist_suite_never_loses_a_port():
                             capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-5000:]
     runs = json.loads(result.stdout.strip().splitlines()[-1])["runs"]
-    assert [(r["passed"], r["failed"], r["errors"]) for r in runs] == [(200, 0, 0)] * 3, result.stderr[-5000:]
+    outcomes = [(r["passed"], r["failed"], r["errors"]) for r in runs]
+    assert outcomes == [(200, 0, 0)] * 3, result.stderr[-5000:]
 
 
 KILL_TESTS = RECORD + f"""
@@ -479,9 +486,10 @@ def test_survivor():
 def test_sigkilled_worker_frees_its_ports_at_once(suite):
     pytest.importorskip("xdist")
     suite.makepyfile(test_kill=KILL_TESTS)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "xdist", "-n", "2", "-p", "no:cacheprovider",
-                             "-q", "test_kill.py"],
-                            cwd=suite.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "xdist", "-n", "2",
+                             "-p", "no:cacheprovider", "-q", "test_kill.py"],
+                            cwd=suite.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     try:
         victim_file = suite.path / "victim.json"
         for _ in range(1200):

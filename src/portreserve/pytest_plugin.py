@@ -1,8 +1,9 @@
 """pytest fixtures that hold real port reservations (API.md section 5).
 
 Loaded through the ``pytest11`` entry point ``portreserve``; ``pytest -p
-no:portreserve`` turns it off.  The fixtures import portreserve when a test
-first asks for one, so collecting a suite loads nothing of ours but this file.
+no:portreserve`` turns it off.  Loading it costs this file and the
+package's own ``import portreserve``; the fixtures import the rest (the
+hand-off, the child starter) and reserve nothing until a test asks for them.
 
 Safe under pytest-xdist with no daemon, lock file or shared state: every
 port is held by the kernel (or the Windows stack) for the worker that
@@ -44,7 +45,7 @@ class ReservationFactory:
     """
 
     def __init__(self) -> None:
-        self._made: list[Reservation] = []
+        self._made = contextlib.ExitStack()  # closes every reservation, whatever fails
         # The reservation of each int fixture of this test, by protocol.
         self._port_fixtures: dict[str, Reservation] = {}
 
@@ -53,7 +54,7 @@ class ReservationFactory:
         import portreserve
 
         res = portreserve.reserve(count, start=start, protocol=protocol)
-        self._made.append(res)
+        self._made.callback(res.close)
         return res
 
     def of(self, port: int) -> Reservation:
@@ -63,8 +64,7 @@ class ReservationFactory:
         raise LookupError(f"port {port} is not this test's reserved_tcp_port or reserved_udp_port")
 
     def _release_all(self) -> None:
-        while self._made:
-            self._made.pop().close()
+        self._made.close()
 
 
 @pytest.fixture
@@ -133,7 +133,8 @@ def _die_with_parent() -> Any:
     PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is set
     only for children started from the main thread (where tests run).
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    if (not sys.platform.startswith("linux")
+            or threading.current_thread() is not threading.main_thread()):
         return None
     import ctypes
     import os
@@ -191,11 +192,13 @@ class PopenFactory:
     ``reserved_udp_port``, for ``protocol="udp"``) gets that port, with
     ``count=1``: ``reserved_popen(["redis-server", "--port",
     str(reserved_tcp_port)])``.  Any other child gets a new reservation of
-    ``count`` ports, named in ``args`` by ``{port}``...  Every child is terminated (SIGTERM,
-    then SIGKILL after 5 s) and reaped at teardown, whatever the outcome of
-    the test; on Linux a child started from the main thread is also killed
-    when the test process dies (an xdist worker killed with SIGKILL), unless
-    ``preexec_fn`` is given.
+    ``count`` ports, named in ``args`` by ``{port}``, ``{port0}``...
+
+    Every child is terminated (SIGTERM, then SIGKILL after 5 s) and reaped
+    at teardown, whatever the outcome of the test; on Linux a child started
+    from the main thread is also killed when the test process dies (an
+    xdist worker killed with SIGKILL), unless ``preexec_fn`` is given.
+    Raises what ``reserve`` and ``Reservation.popen`` raise.
     """
 
     def __init__(self, reservations: ReservationFactory) -> None:
