@@ -19,7 +19,7 @@
  * any it inherited and drops the variables, and so does every child forked
  * here (pthread_atfork), so grandchildren hold none of the ports.
  *
- * Linked against libc alone; everything but bind() is hidden. */
+ * Linked against libc alone; everything but bind() and listen() is hidden. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -42,11 +42,12 @@
 
 static struct {
     int port, fd;
-} held[MAX_HELD];
-static int nheld, held_type;
+} held[MAX_HELD], reuse_on_listen[MAX_HELD];
+static int nheld, held_type, nreuse;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
 typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+typedef int (*listen_fn)(int, int);
 
 static bind_fn real_bind(void)
 {
@@ -146,11 +147,14 @@ __attribute__((constructor)) static void pr_preload_init(void)
 }
 
 /* Options a program may have set before bind() that matter for a listening
- * or datagram socket; the holder takes them over. */
+ * or datagram socket; the holder takes them over.  Not SO_REUSEADDR: on a
+ * bound socket that does not listen yet it would let anyone who sets it too
+ * bind the port; a TCP holder gets it once it listens (listen() below), so
+ * that the connections it accepts leave TIME_WAIT a restart can bind over. */
 static const struct {
     int level, name;
 } copied[] = {
-    {SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT}, {SOL_SOCKET, SO_KEEPALIVE},
+    {SOL_SOCKET, SO_REUSEPORT}, {SOL_SOCKET, SO_KEEPALIVE},
     {SOL_SOCKET, SO_BROADCAST}, {SOL_SOCKET, SO_OOBINLINE}, {SOL_SOCKET, SO_SNDBUF},
     {SOL_SOCKET, SO_RCVLOWAT},  {SOL_SOCKET, SO_PRIORITY},  {SOL_SOCKET, SO_MARK},
     {IPPROTO_TCP, TCP_NODELAY}, {IPPROTO_TCP, TCP_KEEPIDLE}, {IPPROTO_TCP, TCP_KEEPINTVL},
@@ -219,12 +223,20 @@ static int adopt(int h, int fd, const struct sockaddr *sa, socklen_t len, int ty
         if (flags < 0)
             return -1;
         copy_options(fd, h, type);
+        olen = sizeof on;
+        if (type == SOCK_STREAM && nreuse < MAX_HELD &&
+            getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, &olen) == 0 && on) {
+            reuse_on_listen[nreuse].fd = fd;
+            reuse_on_listen[nreuse].port = sock_port(h);
+            nreuse++;
+        }
         if (dup3(h, fd, (flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0)
             return -1;
         close(h);
         return 0;
     }
     /* Another address or family: share the port with the parent's holder. */
+    on = 1;
     if (geteuid() == 0) {
         fchown(h, PRIVATE_UID, (gid_t)-1);
         fchown(fd, PRIVATE_UID, (gid_t)-1);
@@ -262,5 +274,27 @@ VISIBLE int bind(int fd, const struct sockaddr *sa, socklen_t len)
         held[i].fd = -1;
     pthread_mutex_unlock(&lock);
     errno = saved;
+    return rc;
+}
+
+VISIBLE int listen(int fd, int backlog)
+{
+    static listen_fn real_listen;
+    int i, on = 1, rc;
+    if (!real_listen)
+        real_listen = (listen_fn)dlsym(RTLD_NEXT, "listen");
+    rc = real_listen(fd, backlog);
+    if (rc == 0 && nreuse) {
+        pthread_mutex_lock(&lock);
+        for (i = 0; i < nreuse; i++) {
+            if (reuse_on_listen[i].fd != fd)
+                continue;
+            if (sock_port(fd) == reuse_on_listen[i].port)
+                setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+            reuse_on_listen[i] = reuse_on_listen[--nreuse];
+            break;
+        }
+        pthread_mutex_unlock(&lock);
+    }
     return rc;
 }

@@ -37,11 +37,13 @@ HERE = Path(__file__).parent
 README = HERE.parent / "README.md"
 
 # Binds the port on every address with every reuse option, over and over,
-# until the stop file appears (or the bounds run out).  Prints WON for any
-# bind (and listen, for TCP) that succeeded.
+# until SIGUSR1 comes (or the bounds run out).  Prints WON for any bind (and
+# listen, for TCP) that succeeded.
 HAMMER = r"""
-import os, socket, sys, time
-port, udp, stop = int(sys.argv[1]), sys.argv[2] == "udp", sys.argv[3]
+import signal, socket, sys, time
+port, udp = int(sys.argv[1]), sys.argv[2] == "udp"
+stop = []
+signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
 kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
 targets = [(socket.AF_INET, "0.0.0.0", None), (socket.AF_INET, "127.0.0.1", None),
            (socket.AF_INET6, "::", 0), (socket.AF_INET6, "::", 1), (socket.AF_INET6, "::1", 1)]
@@ -51,7 +53,7 @@ print("ready", flush=True)
 rounds, deadline = 0, time.monotonic() + 120
 while rounds < 100000 and time.monotonic() < deadline:
     rounds += 1
-    done = os.path.exists(stop)
+    done = bool(stop)
     for family, host, v6only in targets:
         for opts in options:
             s = socket.socket(family, kind)
@@ -79,20 +81,19 @@ class Hammer:
     """Hammer processes (our uid, and uid 65534 when we are root)."""
 
     def __init__(self, tmp_path: Path, port: int, protocol: str = "tcp") -> None:
-        self.stop = tmp_path / f"stop-{port}"
         users = [None, NOBODY] if ROOT else [None]
         self.procs = []
         for user in users:
             kwargs = {"user": user, "group": user, "extra_groups": []} if user else {}
-            proc = subprocess.Popen([_python_for(user), "-c", HAMMER, str(port), protocol,
-                                     str(self.stop)], stdout=subprocess.PIPE, text=True,
-                                    **kwargs)
+            proc = subprocess.Popen([_python_for(user), "-c", HAMMER, str(port), protocol],
+                                    stdout=subprocess.PIPE, text=True, **kwargs)
             self.procs.append(proc)
             assert proc.stdout.readline() == "ready\n"
 
     def finish(self) -> None:
         """Stop them and check that none ever bound the port."""
-        self.stop.touch()
+        for proc in self.procs:
+            proc.send_signal(signal.SIGUSR1)
         for proc in self.procs:
             out, _ = proc.communicate(timeout=150)
             assert "WON" not in out, out
@@ -137,7 +138,7 @@ SERVERS = {
                                              "--bind", "::", "--directory", d],
     "busybox httpd": lambda d: ["busybox", "httpd", "-f", "-p", "{port}", "-h", d],
     "socat on 127.0.0.1": lambda d: ["socat", "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-                                     "SYSTEM:echo HTTP/1.0 200 OK"],
+                                     "SYSTEM:echo HTTP/1.0 200 OK; exec cat >/dev/null"],
 }
 
 
@@ -153,6 +154,40 @@ def test_child_by_number_race(server, tmp_path):
         assert serves(res.start, child).startswith(b"HTTP/1.")
         stop(child)
         hammer.finish()
+        held_again(res)
+
+
+@pytest.mark.parametrize("host", ["::", "127.0.0.1"])
+def test_child_bound_before_listen_is_closed(host):
+    """Between the child's bind() and its listen(), with SO_REUSEADDR set as
+    servers do, no other process can bind the port, with any option."""
+    code = textwrap.dedent(f"""
+        import socket, sys
+        s = socket.socket(socket.AF_INET6 if ":" in {host!r} else socket.AF_INET)
+        if ":" in {host!r}:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(({host!r}, int(sys.argv[1])))
+        print("bound", flush=True)
+        sys.stdin.readline()
+        s.listen()
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        print("listening", flush=True)
+        sys.stdin.readline()
+    """)
+    with portreserve.reserve(1) as res:
+        child = res.popen([sys.executable, "-c", code, "{port}"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "bound\n"
+        for other in ("0.0.0.0", "127.0.0.1", "::", "::1"):
+            assert not can_bind(res.start, host=other, reuse=True)
+            assert not can_bind(res.start, host=other)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "listening\n"
+        assert not can_bind(res.start, host="0.0.0.0", reuse=True)
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
         held_again(res)
 
 
@@ -184,8 +219,8 @@ def test_child_not_binding_and_grandchildren(tmp_path):
             os.execv(sys.executable, [sys.executable, "-c", report])
         os.waitpid(pid, 0)
         # one that outlives the child
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
-                         close_fds=False, start_new_session=True)
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"],
+                         close_fds=False, stdout=subprocess.DEVNULL)
         print("child done", flush=True)
     """)
     with portreserve.reserve(2) as res:
@@ -386,7 +421,10 @@ def test_handoff_http_server_and_create_server():
         srv.server_close()
         other.close()
         unrelated.close()
-        held_again(res)
+        again = [res.socket(socket.AF_INET6) for _ in res.ports]  # both ports come back
+        assert not can_bind(res.start, host="0.0.0.0")
+        for s in again:
+            s.close()
 
 
 def test_handoff_asyncio_and_threads():
