@@ -292,6 +292,38 @@ def test_popen_children_get_their_ports_and_are_reaped(suite):
             ["ss", "-tanpe", f"sport = :{what['port']}"], capture_output=True, text=True).stdout)
 
 
+def test_udp_child_gets_reserved_udp_port(suite):
+    suite.makepyfile(RECORD + '''
+import socket, subprocess, sys
+from helpers import can_bind
+
+ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+data, peer = s.recvfrom(64)
+s.sendto(data, peer)
+"""
+
+def test_udp_child(reserved_udp_port, reserved_popen):
+    proc, res = reserved_popen([sys.executable, "-c", ECHO, str(reserved_udp_port)],
+                               protocol="udp", stdout=subprocess.PIPE)
+    assert res.start == reserved_udp_port and res.protocol == "udp"
+    record(pid=proc.pid, port=reserved_udp_port)
+    assert proc.stdout.readline() == b"ready\\n"
+    assert not can_bind(reserved_udp_port, host="::", udp=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(30)
+        sock.sendto(b"ping", ("127.0.0.1", reserved_udp_port))
+        assert sock.recv(64) == b"ping"
+    assert proc.wait(30) == 0
+''')
+    suite.runpytest_subprocess().assert_outcomes(passed=1)
+    [what] = seen(suite)
+    assert gone(what["pid"]) and can_bind(what["port"], udp=True)
+
+
 def test_interrupted_session_reaps_children_and_releases(suite):
     suite.makepyfile(RECORD + f"""
 import select, subprocess, sys
