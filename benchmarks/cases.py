@@ -47,7 +47,9 @@ def _guarded(results: dict, name: str, fn) -> None:
     try:
         results[name] = fn()
     except Exception as exc:  # noqa: BLE001 - a skipped case is reported, not fatal
-        results[name] = f"skipped: {type(exc).__name__}: {exc}"
+        text = str(exc)
+        results[name] = text if text.startswith("not measured") else \
+            f"skipped: {type(exc).__name__}: {text}"
 
 
 # ---- cffi vs ctypes: one child per backend (PORTRESERVE_BACKEND is set) ----
@@ -66,11 +68,32 @@ def backend(rounds: int, iters: int) -> dict:
             res.release()
         return op
 
-    # AF_INET6 on the wildcard address takes the descriptor swap; AF_INET
-    # (Reservation.socket's default) the SO_REUSEPORT hand-off.
-    out["cycle6"] = measure(cycle(socket.AF_INET6), rounds, iters)
-    out["cycle4"] = measure(cycle(socket.AF_INET), rounds, iters)
-    for count in (1, 16, 256, 1024, 10000):
+    def default_cycle():
+        # The call as README shows it: the default family of Reservation.socket().
+        res = portreserve.reserve(1)
+        s = res.socket()
+        s.close()
+        res.release()
+
+    def python_floor():
+        # What every bind-then-close picker does at the least.
+        s = socket.socket()
+        s.bind(("", 0))
+        s.close()
+
+    def reserve_1():
+        portreserve.reserve(1).release()
+
+    # Measured round by round in turn, so that the ratios between them
+    # (the targets) see the same load.  AF_INET6 on the wildcard address
+    # takes the descriptor swap; AF_INET the SO_REUSEPORT hand-off.
+    cases = {"python_floor": (None, python_floor, iters), "reserve_1": (None, reserve_1, iters),
+             "cycle": (None, default_cycle, iters),
+             "cycle6": (None, cycle(socket.AF_INET6), iters),
+             "cycle4": (None, cycle(socket.AF_INET), iters)}
+    cases.update(_portpicker_cases(max(iters // 4, 10)))
+    out.update(interleaved(cases, rounds))
+    for count in (16, 256, 1024, 10000):
         def reserve_release(count=count):
             portreserve.reserve(count).release()
         out[f"reserve_{count}"] = measure(reserve_release, rounds,
@@ -83,10 +106,152 @@ def backend(rounds: int, iters: int) -> dict:
             s.close()
         out["bind_block"] = measure(bind_from_block, rounds, iters)
 
+    with portreserve.reserve(256) as res:
+        # 255 ports handed out and kept: each take has to find the one port
+        # that comes back (no step may grow with the ports handed out).
+        kept = [res.socket(socket.AF_INET6) for _ in range(255)]
+        out["bind_full_block"] = measure(bind_from_block, rounds, iters)
+        for s in kept:
+            s.close()
+
+    out.update(_popen(portreserve, rounds, iters))
+    _guarded(out, "fixture", lambda: _fixture(rounds, iters))
+
     _guarded(out, "persistent", lambda: _persistent(portreserve, rounds, iters))
     _guarded(out, "overlapped", lambda: _overlapped(rounds, iters))
     _guarded(out, "aio", lambda: _aio(rounds, iters))
     return out
+
+
+def interleaved(cases: dict, rounds: int) -> dict:
+    """measure() for several cases, taking turns round by round.
+
+    cases: name -> (setup or None, op, calls per round); setup runs before
+    each round, untimed.  A case that cannot run is reported as skipped.
+    """
+    out: dict = {}
+    for name, (setup, op, _) in list(cases.items()):
+        try:
+            if setup:
+                setup()
+            op()  # warm up
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            out[name] = f"skipped: {type(exc).__name__}: {exc}"
+            del cases[name]
+    for name in cases:
+        out[name] = []
+    for _ in range(rounds):
+        for name, (setup, op, n) in cases.items():
+            if setup:
+                setup()
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                op()
+            out[name].append((time.perf_counter_ns() - t0) / n / 1e3)
+    return out
+
+
+def _portpicker_cases(calls: int) -> dict:
+    """portpicker.pick_unused_port() with its memory of handed-out ports
+    cleared for each call, and as it is after 5,000 calls in one process."""
+    try:
+        import portpicker
+    except ImportError as exc:
+        return {"portpicker": (None, _fail(exc), 1), "portpicker_5000": (None, _fail(exc), 1)}
+    portpicker._random_ports.clear()
+    for _ in range(5000):
+        portpicker.pick_unused_port()
+    after_5000 = set(portpicker._random_ports)
+
+    def cleared():
+        kept = portpicker._random_ports
+        portpicker._random_ports = set()
+        try:
+            portpicker.pick_unused_port()
+        finally:
+            portpicker._random_ports = kept
+
+    def back_to_5000():  # each round starts from the same 5,000 ports remembered
+        portpicker._random_ports = set(after_5000)
+
+    return {"portpicker": (None, cleared, calls),
+            "portpicker_5000": (back_to_5000, portpicker.pick_unused_port, calls)}
+
+
+def _fail(exc):
+    def op():
+        raise exc
+    return op
+
+
+def _popen(portreserve, rounds: int, iters: int) -> dict:
+    """reserve(1), Reservation.popen of a child given the port by number,
+    wait, release; in turn with a plain Popen of the same child."""
+    if not hasattr(portreserve.Reservation, "popen"):
+        return {"popen": "not measured: Reservation.popen is not in this build"}
+    argv = ["true"]
+
+    def op():
+        with portreserve.reserve(1) as res:
+            res.popen(argv).wait()
+
+    def floor():
+        subprocess.Popen(argv).wait()
+
+    n = max(iters // 50, 3)
+    return interleaved({"popen_floor": (None, floor, n), "popen": (None, op, n)}, rounds)
+
+
+_FIXTURE_CONFTEST = """
+import json, os, time
+import pytest
+
+times = {"with": [], "without": []}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    t0 = time.perf_counter_ns()
+    yield
+    times[item.name.split("_")[1]].append((time.perf_counter_ns() - t0) / 1e3)
+
+
+def pytest_sessionfinish(session):
+    with open(os.environ["PORTRESERVE_BENCH_OUT"], "w") as f:
+        json.dump(times, f)
+"""
+
+
+def _fixture(rounds: int, iters: int) -> list[float]:
+    """Per test: a test taking reserved_tcp_port, less the same test without it.
+
+    One pytest session per round, the two kinds of test alternating; each
+    test's whole run protocol is timed by a hook, and the difference of the
+    medians is the fixture's cost (setup and teardown included).
+    """
+    import importlib.util
+    import statistics
+    import tempfile
+    if importlib.util.find_spec("portreserve.pytest_plugin") is None:
+        raise RuntimeError("not measured: portreserve.pytest_plugin is not in this build")
+    n = max(iters // 5, 20)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "conftest.py"), "w") as f:
+            f.write(_FIXTURE_CONFTEST)
+        with open(os.path.join(tmp, "test_fixture_cost.py"), "w") as f:
+            for i in range(n):
+                f.write(f"def test_with_{i}(reserved_tcp_port):\n    pass\n\n\n"
+                        f"def test_without_{i}():\n    pass\n\n\n")
+        out = os.path.join(tmp, "times.json")
+        for _ in range(rounds):
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "--rootdir", tmp, tmp], check=True, capture_output=True,
+                           timeout=300, env=dict(os.environ, PORTRESERVE_BENCH_OUT=out))
+            with open(out) as f:
+                got = json.load(f)
+            times.append(statistics.median(got["with"]) - statistics.median(got["without"]))
+    return times
 
 
 def _persistent(portreserve, rounds: int, iters: int) -> list[float]:
@@ -149,10 +314,6 @@ def peers(rounds: int, iters: int) -> dict:
     out: dict = {}
     n = max(iters // 4, 10)  # ephemeral_port_reserve leaves a TIME_WAIT each call
 
-    def portpicker_case():
-        import portpicker
-        return measure(portpicker.pick_unused_port, rounds, n)
-
     def epr_case():
         import ephemeral_port_reserve
         return measure(ephemeral_port_reserve.reserve, rounds, n)
@@ -161,7 +322,6 @@ def peers(rounds: int, iters: int) -> dict:
         import port_for
         return measure(port_for.select_random, rounds, n)
 
-    _guarded(out, "portpicker", portpicker_case)
     _guarded(out, "ephemeral_port_reserve", epr_case)
     _guarded(out, "port_for", port_for_case)
     return out
@@ -217,6 +377,12 @@ def busy_measure(rounds: int) -> dict:
     for count in (16, 256):
         out[f"wildcard_{count}"] = measure(lambda: portreserve.reserve(count).release(),
                                            rounds, 3)
+    # The search's dump and parse alone (the part where the parse runs in C
+    # or in Python), and the dump of bound-only sockets it may add.
+    from portreserve._backend import calls
+    out["dump"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP, 1), rounds, 3)
+    out["dump_bound_only"] = measure(lambda: calls.bound_ports(socket.IPPROTO_TCP, 2),
+                                     rounds, 3)
     return out
 
 

@@ -103,6 +103,15 @@ static void cycle_min(void)
     close(user);
 }
 
+/* reserve(1).release(): a holder on a port the kernel picks, closed. */
+static void hold_any_1(void)
+{
+    int err, h;
+    if (pr_hold_any(AF_INET6, SOCK_STREAM, &h, &err) < 0)
+        die("pr_hold_any");
+    close(h);
+}
+
 static unsigned int hold_count, hold_start;
 
 /* A start where `count` ports are free now (idle host: a few tries). */
@@ -130,14 +139,16 @@ static void hold_binds(void)
     pr_close_all(fds, hold_count);
 }
 
-/* What a wildcard reserve(count) must do at the least: dump bound ports,
- * find a free run, hold it (marking a port and going on when a bind fails). */
+/* What a wildcard reserve(count) does when its random first try collides,
+ * as the engine: dump the ports bound in every state but bound-only, find
+ * a free run, hold it (marking a port and going on when a bind fails), and
+ * after 128 failed binds add the bound-only sockets to the map. */
 static void wildcard(void)
 {
-    int err, n;
+    int err, n, wasted = 0;
     unsigned int p, run = 0;
     memset(map, 0, sizeof map);
-    if (pr_bound_ports(IPPROTO_TCP, map, &err) < 0)
+    if (pr_bound_ports(IPPROTO_TCP, 1, map, &err) < 0)
         die("pr_bound_ports");
     for (p = 32768; p < 65536; p++) {
         run = map[p] ? 0 : run + 1;
@@ -149,6 +160,9 @@ static void wildcard(void)
             return;
         }
         map[p + 1 - hold_count + n] = 1;
+        if (wasted < 128 && (wasted += n + 1) >= 128 &&
+            pr_bound_ports(IPPROTO_TCP, 2, map, &err) < 0)
+            die("pr_bound_ports");
         p = p + 1 - hold_count + n;
         run = 0;
     }
@@ -158,7 +172,15 @@ static void wildcard(void)
 static void dump(void)
 {
     int err;
-    if (pr_bound_ports(IPPROTO_TCP, map, &err) < 0)
+    if (pr_bound_ports(IPPROTO_TCP, 1, map, &err) < 0)
+        die("pr_bound_ports");
+}
+
+/* The dump of bound-only TCP sockets alone. */
+static void dump_bound_only(void)
+{
+    int err;
+    if (pr_bound_ports(IPPROTO_TCP, 2, map, &err) < 0)
         die("pr_bound_ports");
 }
 
@@ -186,6 +208,7 @@ int main(int argc, char **argv)
         measure("cycle6_shim", cycle6_shim, iters);
         measure("cycle4_shim", cycle4_shim, iters);
         measure("cycle_min", cycle_min, iters);
+        measure("hold_any_1", hold_any_1, iters);
         for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
             hold_count = counts[i];
             if (hold_count > rl.rlim_cur - 16)
@@ -201,6 +224,7 @@ int main(int argc, char **argv)
         measure(name, wildcard, busy ? 3 : 10);
     }
     measure("dump", dump, busy ? 3 : 10);
+    measure("dump_bound_only", dump_bound_only, busy ? 3 : 10);
     printf("}\n");
     return 0;
 }

@@ -3,8 +3,10 @@
  * rest builds on macOS too (README.md, "On macOS"). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -13,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #ifdef __linux__
+#include <net/if.h>
 #include <linux/filter.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -111,6 +114,7 @@ int pr_hold(int family, int type, unsigned int start, unsigned int count,
             if (fd >= 0)
                 close(fd);
             pr_close_all(fds, i);
+            for (unsigned int j = 0; j < i; j++) fds[j] = -1;  /* no stale numbers */
             return (int)i;
         }
         fds[i] = fd;
@@ -120,116 +124,232 @@ int pr_hold(int family, int type, unsigned int start, unsigned int count,
 
 int pr_hold_any(int family, int type, int *fd, int *err)
 {
-    struct sockaddr_in6 sa;
-    socklen_t len = sizeof sa;
-    int h = open_holder(family, type);
-    if (h < 0)
-        return fail(err);
-    if (bind_port(h, family, NULL, 0) < 0 ||
-        getsockname(h, (struct sockaddr *)&sa, &len) < 0) {
+    /* The kernel's choice, read from a probe, then bound explicitly: only an
+     * explicitly bound port stays bound through shutdown() and
+     * connect(AF_UNSPEC), which pr_readopt relies on.  Until this returns the
+     * port is not reserved, so losing it to a racer only means another try. */
+    int tries;
+    for (tries = 0; tries < 16; tries++) {
+        struct sockaddr_in6 sa;
+        socklen_t len = sizeof sa;
+        int port, h, probe = open_holder(family, type);
+        if (probe < 0)
+            return fail(err);
+        if (bind_port(probe, family, NULL, 0) < 0 ||
+            getsockname(probe, (struct sockaddr *)&sa, &len) < 0) {
+            *err = errno;
+            close(probe);
+            return -1;
+        }
+        /* sin_port and sin6_port sit at the same offset. */
+        port = ntohs(sa.sin6_port);
+        close(probe);
+        h = open_holder(family, type);
+        if (h < 0)
+            return fail(err);
+        if (bind_port(h, family, NULL, (unsigned int)port) == 0) {
+            *fd = h;
+            return port;
+        }
         *err = errno;
         close(h);
-        return -1;
+        if (*err != EADDRINUSE)
+            return -1;
     }
-    *fd = h;
-    /* sin_port and sin6_port sit at the same offset. */
-    return ntohs(sa.sin6_port);
+    return -1;
 }
 
-void pr_close_all(const int *fds, unsigned int count)
+void pr_close_all(int *fds, unsigned int count)
 {
     unsigned int i;
     for (i = 0; i < count; i++)
-        if (fds[i] >= 0)
+        if (fds[i] >= 0) {
             close(fds[i]);
+            fds[i] = -1; /* never closed twice, whoever calls again */
+        }
+}
+
+/* Message types of a sock_diag dump reply: SOCK_DIAG_BY_FAMILY answers a
+ * per-family request, TCPDIAG_GETSOCK the older one that covers both
+ * families in one walk (TCP only). */
+#define PR_SOCK_DIAG_BY_FAMILY 20
+#define PR_TCPDIAG_GETSOCK 18
+/* TCP sockets bound and never listened on or connected (TCP_BOUND_INACTIVE,
+ * Linux 6.9+).  Dumping them walks the kernel's whole bind table, every
+ * namespace's: that walk cost more than the dump of all other states
+ * together, so the search asks for them apart, and only when needed. */
+#define PR_TCPF_BOUND_INACTIVE (1u << 13)
+
+int pr_parse_diag(const unsigned char *buf, size_t len, unsigned char *map, int *err)
+{
+    size_t pos = 0;
+    /* Every field is copied out with memcpy: buf need not be aligned, and no
+     * read goes past a message's own length or past len. */
+    while (len - pos >= 16) {
+        uint32_t mlen;
+        uint16_t type, sport;
+        int32_t code;
+        memcpy(&mlen, buf + pos, 4);
+        memcpy(&type, buf + pos + 4, 2);
+        if (mlen < 16 || mlen > len - pos) {
+            *err = EPROTO;
+            return -1;
+        }
+        if (type == 3) /* NLMSG_DONE */
+            return 1;
+        if (type == 2) { /* NLMSG_ERROR: a negative errno after the header */
+            if (mlen < 20) {
+                *err = EPROTO;
+                return -1;
+            }
+            memcpy(&code, buf + pos + 16, 4);
+            /* Only a real errno is passed on (INT_MIN has no positive twin). */
+            *err = code < 0 && code > -4096 ? -code : EPROTO;
+            return -1;
+        }
+        if (type == PR_SOCK_DIAG_BY_FAMILY || type == PR_TCPDIAG_GETSOCK) {
+            /* inet_diag_msg: family, state, timer, retrans, then the
+             * source port in network order. */
+            if (mlen < 22) {
+                *err = EPROTO;
+                return -1;
+            }
+            memcpy(&sport, buf + pos + 20, 2);
+            map[ntohs(sport)] = 1;
+        }
+        if (((size_t)mlen + 3) / 4 * 4 >= len - pos)
+            break;
+        pos += ((size_t)mlen + 3) / 4 * 4;
+    }
+    return 0;
 }
 
 #ifdef __linux__
-static int dump_family(int nl, int family, int protocol, unsigned char *map)
+/* Send one dump request and parse the replies into map. */
+static int dump(int nl, const void *req, size_t size, unsigned char *map, int *err)
+{
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    /* 32 KiB: the most the kernel puts in one dump message, so the dump
+     * resumes (and walks its tables again from a saved bucket) less often. */
+    long buf[32768 / sizeof(long)];
+    if (sendto(nl, req, size, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
+        return fail(err);
+    for (;;) {
+        ssize_t n = recv(nl, buf, sizeof buf, 0);
+        int rc;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail(err);
+        }
+        if (n == 0) { /* the kernel never ends a dump without NLMSG_DONE */
+            *err = EPROTO;
+            return -1;
+        }
+        rc = pr_parse_diag((const unsigned char *)buf, (size_t)n, map, err);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
+    }
+}
+
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err)
 {
     struct {
         struct nlmsghdr nlh;
         struct inet_diag_req_v2 req;
     } msg;
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    long buf[8192 / sizeof(long)];
-
-    memset(&msg, 0, sizeof msg);
-    msg.nlh.nlmsg_len = sizeof msg;
-    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    msg.req.sdiag_family = (unsigned char)family;
-    msg.req.sdiag_protocol = (unsigned char)protocol;
-    msg.req.idiag_states = ~0u;
-    if (sendto(nl, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
-        return -1;
-    for (;;) {
-        ssize_t n = recv(nl, buf, sizeof buf, 0);
-        struct nlmsghdr *h = (struct nlmsghdr *)buf;
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        for (; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_type == NLMSG_DONE)
-                return 0;
-            if (h->nlmsg_type == NLMSG_ERROR) {
-                struct nlmsgerr *e = NLMSG_DATA(h);
-                errno = e->error ? -e->error : EPROTO;
-                return -1;
-            }
-            if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY) {
-                struct inet_diag_msg *d = NLMSG_DATA(h);
-                map[ntohs(d->id.idiag_sport)] = 1;
-            }
-        }
-    }
-}
-
-int pr_bound_ports(int protocol, unsigned char *map, int *err)
-{
-    int nl = cloexec_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
-    int rc;
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req req;
+    } tcp;
+    int nl, rc;
+    if (which == 2 && protocol != IPPROTO_TCP)
+        return 0; /* no such UDP sockets: the other dumps have them all */
+    nl = cloexec_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG);
     if (nl < 0)
         return fail(err);
-    rc = dump_family(nl, AF_INET, protocol, map);
-    if (rc == 0)
-        rc = dump_family(nl, AF_INET6, protocol, map);
-    if (rc < 0)
-        *err = errno;
+    if (protocol == IPPROTO_TCP) {
+        /* One walk of the kernel's tables for IPv4 and IPv6 together. */
+        memset(&tcp, 0, sizeof tcp);
+        tcp.nlh.nlmsg_len = sizeof tcp;
+        tcp.nlh.nlmsg_type = PR_TCPDIAG_GETSOCK;
+        tcp.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        tcp.req.idiag_states = which == 2   ? PR_TCPF_BOUND_INACTIVE
+                               : which == 1 ? ~PR_TCPF_BOUND_INACTIVE
+                                            : ~0u;
+        rc = dump(nl, &tcp, sizeof tcp, map, err);
+    } else {
+        memset(&msg, 0, sizeof msg);
+        msg.nlh.nlmsg_len = sizeof msg;
+        msg.nlh.nlmsg_type = PR_SOCK_DIAG_BY_FAMILY;
+        msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        msg.req.sdiag_family = AF_INET;
+        msg.req.sdiag_protocol = (unsigned char)protocol;
+        msg.req.idiag_states = ~0u;
+        rc = dump(nl, &msg, sizeof msg, map, err);
+        if (rc == 0) {
+            msg.req.sdiag_family = AF_INET6;
+            rc = dump(nl, &msg, sizeof msg, map, err);
+        }
+    }
     close(nl);
     return rc;
 }
 #else
-int pr_bound_ports(int protocol, unsigned char *map, int *err)
+int pr_bound_ports(int protocol, int which, unsigned char *map, int *err)
 {
     (void)protocol;
+    (void)which;
     (void)map;
     *err = ENOSYS;
     return -1;
 }
 #endif
 
-/* Options a user may have set on a fresh socket before binding it; the
- * holder takes them over before it replaces the user's descriptor. */
-static const struct {
+/* Options a user may set on a fresh socket before binding it; the holder
+ * takes over every one whose value differs from its own before it replaces
+ * the user's descriptor.  Values are copied as bytes, whatever their type
+ * (an int, a struct timeval, a device or congestion-control name). */
+struct sockopt_name {
     int level, name;
-} copied[] = {
-    {SOL_SOCKET, SO_REUSEADDR},  {SOL_SOCKET, SO_REUSEPORT},
-    {SOL_SOCKET, SO_KEEPALIVE},  {SOL_SOCKET, SO_BROADCAST},
-    {SOL_SOCKET, SO_OOBINLINE},  {SOL_SOCKET, SO_SNDBUF},
-    {SOL_SOCKET, SO_RCVLOWAT},   {IPPROTO_IPV6, IPV6_UNICAST_HOPS},
-    {IPPROTO_IPV6, IPV6_TCLASS}, {IPPROTO_TCP, TCP_NODELAY},
-    {IPPROTO_TCP, TCP_KEEPINTVL}, {IPPROTO_TCP, TCP_KEEPCNT},
+};
+static const struct sockopt_name copied[] = {
+    {SOL_SOCKET, SO_REUSEADDR}, {SOL_SOCKET, SO_REUSEPORT}, {SOL_SOCKET, SO_KEEPALIVE},
+    {SOL_SOCKET, SO_BROADCAST}, {SOL_SOCKET, SO_OOBINLINE}, {SOL_SOCKET, SO_SNDBUF},
+    {SOL_SOCKET, SO_RCVLOWAT},  {SOL_SOCKET, SO_LINGER},    {SOL_SOCKET, SO_RCVTIMEO},
+    {SOL_SOCKET, SO_SNDTIMEO},  {SOL_SOCKET, SO_DONTROUTE}, {SOL_SOCKET, SO_TIMESTAMP},
+    {IPPROTO_IP, IP_TOS},       {IPPROTO_IP, IP_TTL},       {IPPROTO_IP, IP_MULTICAST_TTL},
+    {IPPROTO_IP, IP_MULTICAST_LOOP}, {IPPROTO_IP, IP_RECVTTL}, {IPPROTO_IP, IP_RECVTOS},
+    {IPPROTO_IPV6, IPV6_UNICAST_HOPS}, {IPPROTO_IPV6, IPV6_TCLASS},
+    {IPPROTO_IPV6, IPV6_MULTICAST_HOPS}, {IPPROTO_IPV6, IPV6_MULTICAST_LOOP},
+    {IPPROTO_TCP, TCP_NODELAY}, {IPPROTO_TCP, TCP_MAXSEG},  {IPPROTO_TCP, TCP_KEEPINTVL},
+    {IPPROTO_TCP, TCP_KEEPCNT},
 #ifdef TCP_KEEPIDLE
     {IPPROTO_TCP, TCP_KEEPIDLE},
 #else
     {IPPROTO_TCP, TCP_KEEPALIVE}, /* macOS's name for the idle time */
 #endif
 #ifdef __linux__
-    {SOL_SOCKET, SO_PRIORITY},   {SOL_SOCKET, SO_MARK},
-    {IPPROTO_TCP, TCP_USER_TIMEOUT},
+    {SOL_SOCKET, SO_PRIORITY},  {SOL_SOCKET, SO_MARK},      {SOL_SOCKET, SO_BINDTODEVICE},
+    {SOL_SOCKET, SO_TIMESTAMPNS}, {SOL_SOCKET, SO_BUSY_POLL}, {SOL_SOCKET, SO_INCOMING_CPU},
+    {SOL_SOCKET, SO_MAX_PACING_RATE}, {SOL_SOCKET, SO_PASSCRED}, {SOL_SOCKET, SO_RXQ_OVFL},
+    {SOL_SOCKET, 60 /* SO_ZEROCOPY */},
+    {IPPROTO_IP, IP_FREEBIND},  {IPPROTO_IP, IP_TRANSPARENT}, {IPPROTO_IP, IP_MTU_DISCOVER},
+    {IPPROTO_IP, IP_RECVERR},   {IPPROTO_IP, IP_PKTINFO},   {IPPROTO_IP, IP_MULTICAST_ALL},
+    {IPPROTO_IP, IP_NODEFRAG},  {IPPROTO_IP, IP_RECVORIGDSTADDR},
+    {IPPROTO_IPV6, IPV6_RECVPKTINFO}, {IPPROTO_IPV6, IPV6_RECVTCLASS},
+    {IPPROTO_IPV6, IPV6_MTU_DISCOVER}, {IPPROTO_IPV6, IPV6_RECVERR},
+    {IPPROTO_IPV6, 78 /* IPV6_FREEBIND */}, {IPPROTO_IPV6, IPV6_TRANSPARENT},
+    {IPPROTO_IPV6, IPV6_RECVORIGDSTADDR},
+    {IPPROTO_TCP, TCP_CORK},    {IPPROTO_TCP, TCP_SYNCNT},  {IPPROTO_TCP, TCP_LINGER2},
+    {IPPROTO_TCP, TCP_DEFER_ACCEPT}, {IPPROTO_TCP, TCP_WINDOW_CLAMP},
+    {IPPROTO_TCP, TCP_QUICKACK}, {IPPROTO_TCP, TCP_CONGESTION},
+    {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_TCP, TCP_FASTOPEN},
+    {IPPROTO_TCP, 30 /* TCP_FASTOPEN_CONNECT */}, {IPPROTO_TCP, TCP_NOTSENT_LOWAT},
+    {IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS},
+    /* Numbers from linux/udp.h, which older C libraries' headers lack. */
+    {IPPROTO_UDP, 1 /* UDP_CORK */}, {IPPROTO_UDP, 103 /* UDP_SEGMENT */},
+    {IPPROTO_UDP, 104 /* UDP_GRO */},
 #endif
 };
 
@@ -240,43 +360,59 @@ static const struct {
 #define BUFSIZE_TO_SET(reported) (reported)
 #endif
 
+static int applies(int level, int family, int type)
+{
+    if (level == IPPROTO_TCP)
+        return type == SOCK_STREAM;
+    if (level == IPPROTO_UDP)
+        return type == SOCK_DGRAM;
+    if (level == IPPROTO_IPV6)
+        return family == AF_INET6;
+#ifdef __linux__
+    return 1; /* IP options also rule an AF_INET6 socket's IPv4 traffic */
+#else
+    return level != IPPROTO_IP || family == AF_INET;
+#endif
+}
+
 static int copy_options(int from, int to, int family, int type)
 {
     unsigned int i;
     int a, b, flags;
     socklen_t len;
-    struct linger la, lb;
 
     for (i = 0; i < sizeof copied / sizeof copied[0]; i++) {
-        if ((copied[i].level == IPPROTO_TCP && type != SOCK_STREAM) ||
-            (copied[i].level == IPPROTO_IPV6 && family != AF_INET6))
+        unsigned char va[64], vb[64];
+        socklen_t la = sizeof va, lb = sizeof vb;
+        if (!applies(copied[i].level, family, type))
             continue;
-        len = sizeof a;
-        if (getsockopt(from, copied[i].level, copied[i].name, &a, &len) < 0)
+        memset(va, 0, sizeof va);
+        memset(vb, 0, sizeof vb);
+        /* An option this kernel lacks is one nobody set. */
+        if (getsockopt(from, copied[i].level, copied[i].name, va, &la) < 0) {
+            if (errno == ENOPROTOOPT || errno == EOPNOTSUPP || errno == EINVAL)
+                continue;
             return -1;
-        len = sizeof b;
-        if (getsockopt(to, copied[i].level, copied[i].name, &b, &len) < 0)
+        }
+        if (getsockopt(to, copied[i].level, copied[i].name, vb, &lb) < 0)
             return -1;
-        if (a != b && copied[i].name == SO_SNDBUF && copied[i].level == SOL_SOCKET)
+        if (la == lb && memcmp(va, vb, la) == 0)
+            continue;
+        if (copied[i].level == SOL_SOCKET && copied[i].name == SO_SNDBUF) {
+            memcpy(&a, va, sizeof a);
             a = BUFSIZE_TO_SET(a);
-        if (a != b && setsockopt(to, copied[i].level, copied[i].name, &a, sizeof a) < 0)
+            memcpy(va, &a, sizeof a);
+        }
+        if (setsockopt(to, copied[i].level, copied[i].name, va, la) < 0)
             return -1;
     }
-    len = sizeof la;
-    if (getsockopt(from, SOL_SOCKET, SO_LINGER, &la, &len) < 0)
-        return -1;
-    len = sizeof lb;
-    if (getsockopt(to, SOL_SOCKET, SO_LINGER, &lb, &len) < 0)
-        return -1;
-    if ((la.l_onoff != lb.l_onoff || la.l_linger != lb.l_linger) &&
-        setsockopt(to, SOL_SOCKET, SO_LINGER, &la, sizeof la) < 0)
-        return -1;
     if (type == SOCK_DGRAM) {
 #ifdef __linux__
         /* Undo drop_input(): the user's socket receives normally.  The
          * kernel wants an int-sized option even though it ignores it. */
         int unused = 0;
-        if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0)
+        if (setsockopt(to, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0 &&
+            errno != ENOENT) /* none attached (pr_readopt's reset) */
             return -1;
 #else
         /* No filter here: drop what queued up while the port was held. */
@@ -415,5 +551,191 @@ int pr_port_range(unsigned int *lo, unsigned int *hi, int *err)
     *lo = (unsigned int)first;
     *hi = (unsigned int)last;
 #endif
+    return 0;
+}
+
+/* What a holder must be, restored on a socket that held its port for a
+ * user: no reuse options, no device, not listening or connected, blocking, a
+ * UDP one deaf again.  connect(AF_UNSPEC) is how Linux undoes listen() or
+ * connect() (tcp_disconnect, udp_disconnect) and it keeps an explicitly bound
+ * port bound; the reuse options are cleared first, while a listening socket
+ * still shuts everybody out. */
+int pr_readopt(int fd, int reset_options, int *err)
+{
+    int family, type, off = 0, flags, reuseport = 0, listening = 0;
+    unsigned int drained = 0;
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof type, salen = sizeof sa;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &salen) < 0)
+        return fail(err);
+    family = sa.ss_family;
+    /* A TCP connection cannot be undone without a reset of the peer. */
+    salen = sizeof sa;
+    if (type == SOCK_STREAM && getpeername(fd, (struct sockaddr *)&sa, &salen) == 0) {
+        *err = EISCONN;
+        return -1;
+    }
+    len = sizeof reuseport;
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &reuseport, &len) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off) < 0)
+        return fail(err);
+#ifdef __linux__
+    {
+        /* A holder tied to one device leaves the port to sockets on others. */
+        char dev[IFNAMSIZ] = "";
+        len = sizeof dev;
+        if (getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, &len) < 0)
+            return fail(err);
+        if (dev[0] && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, "", 0) < 0)
+            return fail(err);
+    }
+#endif
+    if (reset_options) {
+        /* The user set options: a fresh holder's values, as a new one has. */
+        int fresh = open_holder(family, type), rc;
+        if (fresh < 0)
+            return fail(err);
+        rc = copy_options(fresh, fd, family, type);
+        if (rc < 0)
+            *err = errno;
+        close(fresh);
+        if (rc < 0)
+            return -1;
+    }
+    len = sizeof listening;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        return fail(err);
+    memset(&sa, 0, sizeof sa);
+    sa.ss_family = AF_UNSPEC;
+    /* Elsewhere (XNU) connect(AF_UNSPEC) may be refused: harmless unless
+     * the socket listens, which then cannot be undone. */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && listening)
+        return fail(err);
+    /* A TCP socket that listened with SO_REUSEPORT left Linux's bind bucket
+     * letting our uid's SO_REUSEPORT binds skip the conflict check
+     * (tb->fastreuseport); a listen() without the flag resets that.  It
+     * fails while TIME_WAIT connections of the port bar it: best effort. */
+    if (type == SOCK_STREAM && reuseport && listen(fd, 1) == 0 &&
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        return fail(err);
+    flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        return fail(err);
+    if (type == SOCK_DGRAM) {
+        char byte;
+        if (drop_input(fd) < 0)
+            return fail(err);
+        /* What queued up before the filter; bounded by the queue. */
+        while (drained++ < 65536 && (recv(fd, &byte, 1, MSG_DONTWAIT) >= 0 || errno == EINTR))
+            ;
+    }
+    return 0;
+}
+
+/* A new holder bound to `port` beside `fd`, a socket bound there that does
+ * not listen: SO_REUSEADDR on both for that one bind (cleared on the holder
+ * at once; fd's own setting is put back).  The new holder goes to *out. */
+int pr_hold_beside(int fd, int family, int type, unsigned int port, int *out, int *err)
+{
+    int on = 1, off = 0, had = 0, h;
+    socklen_t len = sizeof had;
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &had, &len) < 0)
+        return fail(err);
+    h = open_holder(family, type);
+    if (h < 0)
+        return fail(err);
+    if (setsockopt(h, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        bind_port(h, family, NULL, port) < 0 ||
+        setsockopt(h, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0) {
+        *err = errno;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &had, sizeof had);
+        close(h);
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &had, sizeof had);
+    *out = h;
+    return 0;
+}
+
+/* Hold `port` again after the user's socket on it was closed, into *out.  A
+ * TCP port may still have TIME_WAIT connections of that socket: then the
+ * holder binds with SO_REUSEADDR (which they allow only if the user's socket
+ * had it), and listens once before clearing it, so that the kernel's
+ * bind-bucket cache (tb->fastreuse) never lets others' SO_REUSEADDR binds
+ * skip the conflict check; connect(AF_UNSPEC) then stops it listening. */
+int pr_rehold(int family, int type, unsigned int port, int *out, int *err)
+{
+    int on = 1, off = 0;
+    struct sockaddr unspec;
+    int h = open_holder(family, type);
+    if (h < 0)
+        return fail(err);
+    if (bind_port(h, family, NULL, port) == 0) {
+        *out = h;
+        return 0;
+    }
+    *err = errno;
+    if (*err != EADDRINUSE || type != SOCK_STREAM) {
+        close(h);
+        return -1;
+    }
+    memset(&unspec, 0, sizeof unspec);
+    unspec.sa_family = AF_UNSPEC;
+    if (setsockopt(h, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        bind_port(h, family, NULL, port) < 0 || listen(h, 1) < 0 ||
+        setsockopt(h, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0 ||
+        connect(h, &unspec, sizeof unspec) < 0) {
+        *err = errno;
+        close(h);
+        return -1;
+    }
+    *out = h;
+    return 0;
+}
+
+int pr_open_input(int fd, int rcvbuf, int *err)
+{
+#ifdef __linux__
+    int unused = 0; /* an int-sized option, as in copy_options() */
+    if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof unused) < 0)
+        return fail(err);
+#else
+    char byte;
+    unsigned int drained = 0;
+    while (drained++ < 65536 && (recv(fd, &byte, 1, MSG_DONTWAIT) >= 0 || errno == EINTR))
+        ;
+#endif
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) < 0)
+        return fail(err);
+    return 0;
+}
+
+/* state: a flag byte, then the saved mask (sigset_t fits in 128 bytes on
+ * every system we build for). */
+int pr_hold_signals(unsigned char *state, int *err)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    /* sigprocmask: Linux's and macOS's act on the calling thread, and
+     * pthread_sigmask would need libpthread on old C libraries. */
+    if (sigprocmask(SIG_BLOCK, &all, &old) < 0)
+        return fail(err);
+    memcpy(state + 8, &old, sizeof old < 128 ? sizeof old : 128);
+    state[0] = 1;
+    return 0;
+}
+
+int pr_restore_signals(unsigned char *state, int *err)
+{
+    sigset_t old;
+    if (!state[0])
+        return 0;
+    memcpy(&old, state + 8, sizeof old < 128 ? sizeof old : 128);
+    if (sigprocmask(SIG_SETMASK, &old, NULL) < 0)
+        return fail(err);
+    state[0] = 0;
     return 0;
 }

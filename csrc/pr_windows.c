@@ -1,14 +1,14 @@
 /* Windows system calls of portreserve; declarations and contract in pr_windows.h.
  *
  * The overlapped engine.  An op is a WSAOVERLAPPED plus the buffers of one
- * WSAIoctl.  Once the call returned WSA_IO_PENDING, or succeeded at once with
- * a completion routine or a completion port, Windows still owns the op: it
+ * WSAIoctl.  Once the call returned WSA_IO_PENDING, or succeeded at once on a
+ * socket attached to an I/O completion port (IOCP), Windows still owns the op: it
  * writes the result into the WSAOVERLAPPED and the output buffer, and then
- * signals the event, queues the routine as an APC to the starting thread, or
- * queues a packet that points at the op to the port.  So an op carries two
- * references, the caller's (dropped by pr_op_free) and the system's (dropped
- * when the completion has been consumed: seen through the event, run as a
- * routine, dequeued from the port), and is freed only when both are gone.
+ * signals the event, or queues a packet that points at the op to the I/O
+ * completion port.  So an op carries two references, the caller's (dropped
+ * by pr_op_free) and the system's (dropped when the completion has been
+ * consumed: seen through the event, dequeued from the IOCP), and is freed
+ * only when both are gone.
  * An op whose completion never comes is leaked, never freed under the kernel.
  *
  * Wine (8.0) never writes STATUS_PENDING into Internal and, for an ioctl it
@@ -32,9 +32,6 @@
 
 #include "pr_windows.h"
 
-#ifndef SIO_ADDRESS_LIST_CHANGE
-#define SIO_ADDRESS_LIST_CHANGE _WSAIO(IOC_WS2, 23)
-#endif
 #define PR_STATUS_PENDING 0x103 /* STATUS_PENDING; ntstatus.h clashes with winnt.h */
 
 /* The SDK names the members of INET_PORT_RESERVATION_INSTANCE
@@ -46,23 +43,23 @@ typedef struct {
     INET_PORT_RESERVATION_TOKEN Token;
 } pr_wire_instance;
 
-_Static_assert(sizeof(INET_PORT_RANGE) == 4, "INET_PORT_RANGE is 4 bytes");
-_Static_assert(sizeof(INET_PORT_RESERVATION_TOKEN) == 8, "token is 8 bytes");
-_Static_assert(sizeof(INET_PORT_RESERVATION_INSTANCE) == 16, "instance is 16 bytes");
-_Static_assert(sizeof(pr_wire_instance) == sizeof(INET_PORT_RESERVATION_INSTANCE),
-               "pr_wire_instance mirrors INET_PORT_RESERVATION_INSTANCE");
-_Static_assert(offsetof(pr_wire_instance, Token) == 8, "token at offset 8");
-_Static_assert(sizeof(SOCKET) == sizeof(uintptr_t) && sizeof(HANDLE) == sizeof(uintptr_t),
-               "SOCKET and HANDLE travel as uintptr_t");
+/* Layout checks at compile time.  Not _Static_assert: MSVC's default C mode
+ * (what setuptools uses) lacks it before /std:c11.  A false condition gives
+ * an array of size -1, an error in every C compiler. */
+#define PR_CHECK(name, cond) typedef char pr_check_##name[(cond) ? 1 : -1]
+PR_CHECK(port_range_is_4_bytes, sizeof(INET_PORT_RANGE) == 4);
+PR_CHECK(token_is_8_bytes, sizeof(INET_PORT_RESERVATION_TOKEN) == 8);
+PR_CHECK(instance_is_16_bytes, sizeof(INET_PORT_RESERVATION_INSTANCE) == 16);
+PR_CHECK(wire_instance_mirrors_instance,
+         sizeof(pr_wire_instance) == sizeof(INET_PORT_RESERVATION_INSTANCE));
+PR_CHECK(token_at_offset_8, offsetof(pr_wire_instance, Token) == 8);
+PR_CHECK(handles_travel_as_uintptr_t,
+         sizeof(SOCKET) == sizeof(uintptr_t) && sizeof(HANDLE) == sizeof(uintptr_t));
 
 const uint32_t pr_sio_acquire_port_reservation = SIO_ACQUIRE_PORT_RESERVATION;
 const uint32_t pr_sio_release_port_reservation = SIO_RELEASE_PORT_RESERVATION;
 const uint32_t pr_sio_associate_port_reservation = SIO_ASSOCIATE_PORT_RESERVATION;
-const uint32_t pr_sio_address_list_change = SIO_ADDRESS_LIST_CHANGE;
-const uint32_t pr_sizeof_port_range = sizeof(INET_PORT_RANGE);
-const uint32_t pr_sizeof_token = sizeof(INET_PORT_RESERVATION_TOKEN);
 const uint32_t pr_sizeof_instance = sizeof(INET_PORT_RESERVATION_INSTANCE);
-const uint32_t pr_offsetof_instance_token = offsetof(pr_wire_instance, Token);
 
 /* ---- structs that reach WSAIoctl ---------------------------------------- */
 
@@ -93,12 +90,16 @@ void pr_decode_instance(const unsigned char *in16, pr_instance *out)
 
 /* ---- synchronous ioctls --------------------------------------------------- */
 
+/* A call that says it succeeded but filled less of the output buffer than
+ * the struct it owes us fails with ERROR_INVALID_DATA: never decode zeros. */
 static uint32_t ioctl_sync(uintptr_t s, DWORD code, void *in, DWORD in_size,
                            void *out, DWORD out_size)
 {
     DWORD bytes = 0;
     if (WSAIoctl((SOCKET)s, code, in, in_size, out, out_size, &bytes, NULL, NULL) != 0)
         return (uint32_t)WSAGetLastError();
+    if (bytes < out_size)
+        return ERROR_INVALID_DATA;
     return 0;
 }
 
@@ -198,7 +199,6 @@ struct pr_op {
     volatile LONG done;     /* status and bytes are final */
     uint32_t status;
     uint32_t bytes;
-    uint64_t key;
     DWORD in_size, out_size;
     unsigned char *in, *out; /* point into the same allocation, after the op */
 };
@@ -236,7 +236,7 @@ static int op_consume(pr_op *op)
 }
 
 pr_op *pr_op_new(int notify, uint32_t code, const void *in, uint32_t in_size,
-                 uint32_t out_size, uint64_t key, uint32_t *err)
+                 uint32_t out_size, uint32_t *err)
 {
     pr_op *op = calloc(1, sizeof *op + in_size + out_size);
     if (op == NULL) {
@@ -247,7 +247,6 @@ pr_op *pr_op_new(int notify, uint32_t code, const void *in, uint32_t in_size,
     op->notify = notify;
     op->code = code;
     op->refs = 1;
-    op->key = key;
     op->in_size = in_size;
     op->out_size = out_size;
     op->in = (unsigned char *)(op + 1);
@@ -261,20 +260,11 @@ pr_op *pr_op_new(int notify, uint32_t code, const void *in, uint32_t in_size,
             free(op);
             return NULL;
         }
-        /* The low bit keeps the completion off any port the socket is
+        /* The low bit keeps the completion off any IOCP the socket is
          * attached to, so only the event tells about this op. */
         op->ov.hEvent = (WSAEVENT)((uintptr_t)ev | 1);
     }
     return op;
-}
-
-static void CALLBACK op_routine(DWORD error, DWORD bytes, LPWSAOVERLAPPED ov, DWORD flags)
-{
-    pr_op *op = (pr_op *)ov;
-    (void)flags;
-    if (!op->done) /* finished at once: WSAIoctl's own result stands */
-        op_finish(op, error, bytes);
-    op_consume(op);
 }
 
 uint32_t pr_op_start(pr_op *op, uintptr_t s)
@@ -288,14 +278,13 @@ uint32_t pr_op_start(pr_op *op, uintptr_t s)
     op->ov.Internal = PR_STATUS_PENDING; /* Wine leaves it as it finds it */
     InterlockedIncrement(&op->refs);     /* the system's, until consumed */
     rc = WSAIoctl(op->s, op->code, op->in_size ? op->in : NULL, op->in_size,
-                  op->out_size ? op->out : NULL, op->out_size, &bytes, &op->ov,
-                  op->notify == PR_NOTIFY_ROUTINE ? op_routine : NULL);
+                  op->out_size ? op->out : NULL, op->out_size, &bytes, &op->ov, NULL);
     err = rc == 0 ? 0 : (uint32_t)WSAGetLastError();
     if (err == WSA_IO_PENDING)
         return err;
     if (err == 0) {
         op_finish(op, 0, bytes);
-        /* A routine or a port packet still follows and consumes the op. */
+        /* An IOCP packet still follows and consumes the op. */
         if (op->notify == PR_NOTIFY_EVENT)
             op_consume(op);
         return 0;
@@ -314,18 +303,30 @@ static uint32_t internal_status(pr_op *op, DWORD *bytes)
     return (uint32_t)GetLastError();
 }
 
+/* The status of a finished op as the synchronous call would report it: a
+ * Winsock code (10045 where the packet's Win32 code says 50).  Once the socket
+ * is closed only Internal is left, read as a Win32 code. */
+static uint32_t op_status(pr_op *op, DWORD *bytes)
+{
+    DWORD flags = 0;
+    uint32_t err = 0;
+    if (!WSAGetOverlappedResult(op->s, &op->ov, bytes, FALSE, &flags))
+        err = (uint32_t)WSAGetLastError();
+    if (err == WSAENOTSOCK) /* the socket was closed since: Internal has it */
+        err = internal_status(op, bytes);
+    return err;
+}
+
 /* Event ops: read the final status once Internal says the op is over. */
 static int event_poll(pr_op *op)
 {
-    DWORD bytes = 0, flags = 0, err = 0;
+    DWORD bytes = 0;
+    uint32_t err;
     if (op->done)
         return 1;
     if (!HasOverlappedIoCompleted(&op->ov))
         return 0;
-    if (!WSAGetOverlappedResult(op->s, &op->ov, &bytes, FALSE, &flags))
-        err = (DWORD)WSAGetLastError();
-    if (err == WSAENOTSOCK) /* the socket was closed since: Internal has it */
-        err = internal_status(op, &bytes);
+    err = op_status(op, &bytes);
     op_finish(op, err, bytes);
     op_consume(op);
     return 1;
@@ -335,7 +336,7 @@ int pr_op_result(pr_op *op, uint32_t *status, uint32_t *bytes)
 {
     if (op->notify == PR_NOTIFY_EVENT)
         event_poll(op);
-    /* A routine or port op is over only when its notification was consumed. */
+    /* An IOCP op is over only when its packet was dequeued. */
     if (!op->done || (op->notify != PR_NOTIFY_EVENT && !op->consumed))
         return 0;
     *status = op->status;
@@ -355,21 +356,7 @@ uint32_t pr_op_wait(pr_op *op, uint32_t timeout_ms)
         /* Timed out or not, Internal decides (Wine may never signal). */
         return event_poll(op) ? 0 : WAIT_TIMEOUT;
     }
-    if (op->notify == PR_NOTIFY_ROUTINE) {
-        ULONGLONG deadline = GetTickCount64() + timeout_ms;
-        for (;;) {
-            ULONGLONG now = GetTickCount64();
-            DWORD left = timeout_ms == INFINITE ? INFINITE
-                         : now >= deadline      ? 0
-                                                : (DWORD)(deadline - now);
-            SleepEx(left, TRUE); /* alertable: queued routines run here */
-            if (op->consumed)
-                return 0;
-            if (left == 0)
-                return WAIT_TIMEOUT;
-        }
-    }
-    return ERROR_INVALID_FUNCTION; /* port ops finish through pr_port_get */
+    return ERROR_INVALID_FUNCTION; /* IOCP ops finish through pr_iocp_get */
 }
 
 uint32_t pr_op_cancel(pr_op *op)
@@ -388,11 +375,6 @@ uint32_t pr_op_out(pr_op *op, unsigned char *buf, uint32_t size)
     return n;
 }
 
-uint64_t pr_op_key(pr_op *op)
-{
-    return op->key;
-}
-
 void pr_op_free(pr_op *op)
 {
     if (op == NULL)
@@ -409,24 +391,29 @@ void pr_op_free(pr_op *op)
 
 /* ---- completion ports ----------------------------------------------------- */
 
-uint32_t pr_port_new(uintptr_t *port)
+uint32_t pr_iocp_new(uintptr_t *iocp)
 {
     HANDLE h = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);
     if (h == NULL)
         return (uint32_t)GetLastError();
-    *port = (uintptr_t)h;
+    *iocp = (uintptr_t)h;
     return 0;
 }
 
-uint32_t pr_port_attach(uintptr_t port, uintptr_t s)
+/* The completion key of every socket we attach: a packet with another key
+ * was posted by someone else, and its OVERLAPPED is not a pr_op.  The address of a variable of ours, so no other code in the process picks
+ * the same value by chance. */
+static const char iocp_key_owner = 0;
+#define PR_IOCP_KEY ((ULONG_PTR)&iocp_key_owner)
+
+uint32_t pr_iocp_attach(uintptr_t iocp, uintptr_t s)
 {
-    /* The completion key is per op (pr_op.key), so the socket's is 0. */
-    if (CreateIoCompletionPort((HANDLE)s, (HANDLE)port, 0, 0) == NULL)
+    if (CreateIoCompletionPort((HANDLE)s, (HANDLE)iocp, PR_IOCP_KEY, 0) == NULL)
         return (uint32_t)GetLastError();
     return 0;
 }
 
-uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
+uint32_t pr_iocp_get(uintptr_t iocp, uint32_t timeout_ms, pr_op **ops,
                      uint32_t max_ops, uint32_t *count)
 {
     OVERLAPPED_ENTRY entries[64];
@@ -435,15 +422,17 @@ uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
     if (max_ops > 64)
         max_ops = 64;
     *count = 0;
-    if (!GetQueuedCompletionStatusEx((HANDLE)port, entries, max_ops, &got, timeout_ms, FALSE))
+    if (!GetQueuedCompletionStatusEx((HANDLE)iocp, entries, max_ops, &got, timeout_ms, FALSE))
         return (uint32_t)GetLastError(); /* WAIT_TIMEOUT when nothing came */
     for (i = 0; i < got; i++) {
         pr_op *op = (pr_op *)entries[i].lpOverlapped;
         DWORD bytes = 0;
         uint32_t status;
-        if (op == NULL)
-            continue; /* a packet posted by someone else */
-        status = internal_status(op, &bytes);
+        /* Posted by someone else (or by pr_iocp_post): its OVERLAPPED, if
+         * any, is not ours to read or write. */
+        if (op == NULL || entries[i].lpCompletionKey != PR_IOCP_KEY)
+            continue;
+        status = op_status(op, &bytes);
         /* Finished at once: WSAIoctl's own result stands (Wine's packet
          * then says 0 bytes, for FIONREAD at least). */
         if (!op->done)
@@ -455,16 +444,16 @@ uint32_t pr_port_get(uintptr_t port, uint32_t timeout_ms, pr_op **ops,
     return 0;
 }
 
-uint32_t pr_port_post(uintptr_t port)
+uint32_t pr_iocp_post(uintptr_t iocp)
 {
-    if (!PostQueuedCompletionStatus((HANDLE)port, 0, 0, NULL))
+    if (!PostQueuedCompletionStatus((HANDLE)iocp, 0, 0, NULL))
         return (uint32_t)GetLastError();
     return 0;
 }
 
-uint32_t pr_port_close(uintptr_t port)
+uint32_t pr_iocp_close(uintptr_t iocp)
 {
-    if (!CloseHandle((HANDLE)port))
+    if (!CloseHandle((HANDLE)iocp))
         return (uint32_t)GetLastError();
     return 0;
 }

@@ -2,11 +2,10 @@
 
 Operations are kept pending with the documented test hooks aio._loop_port()
 (the running loop's completion port, kept open) and
-_overlapped._block_workers(port) (occupies the port's workers).
+_overlapped_threads._block_workers(port) (occupies the port's workers).
 """
 
 import asyncio
-import resource
 import socket
 import sys
 import threading
@@ -16,7 +15,7 @@ import pytest
 
 import portreserve
 from portreserve import InvalidParameter, aio, lowlevel
-from portreserve import _overlapped
+from portreserve import _overlapped_threads
 
 from helpers import can_bind, free_block, open_fds
 
@@ -34,6 +33,8 @@ async def _until(predicate, what: str, limit: float = 30.0) -> None:
 
 
 def _needs_fds(count: int) -> None:
+    import resource  # POSIX only: the module must still collect on Windows
+
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < count + 200:
         pytest.skip(f"RLIMIT_NOFILE hard limit is below {count + 200}")
 
@@ -129,7 +130,7 @@ async def _started(lp, coro):
 
     The workers are blocked until the operation is queued, so it is the one seen.
     """
-    unblock = _overlapped._block_workers(lp.port)
+    unblock = _overlapped_threads._block_workers(lp.port)
     task = asyncio.create_task(coro)
     queue = lp.port._workers._queue
     await _until(lambda: queue, "the operation is queued")
@@ -144,7 +145,7 @@ def test_cancel_before_start_leaves_nothing():
 
     async def main():
         with aio._loop_port() as lp:
-            unblock = _overlapped._block_workers(lp.port)
+            unblock = _overlapped_threads._block_workers(lp.port)
             task = asyncio.create_task(aio.reserve(3, start=start))
             queue = lp.port._workers._queue
             await _until(lambda: queue, "the operation is queued")

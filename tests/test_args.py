@@ -34,7 +34,7 @@ def _unbound(sock):
         return True
 
 
-POSIX = {  # Linux numbers, the same on every platform (API.md section 3)
+POSIX = {  # Linux numbers, the same on every platform (docs/API.md section 3)
     InvalidParameter: 22, portreserve.AccessDenied: 13, portreserve.ReservationConflict: 98,
     portreserve.ReservationExhausted: 98, ReservationNotFound: 2, NotSupported: 95,
     portreserve.OperationAborted: 125,

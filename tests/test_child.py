@@ -1,4 +1,4 @@
-"""Handing reserved ports to code that binds them itself (API.md 1b): child
+"""Handing reserved ports to code that binds them itself (docs/API.md 1b): child
 processes by number and by socket activation, `portreserve run`, and the
 in-process hand-off.
 
@@ -427,6 +427,28 @@ def test_handoff_http_server_and_create_server():
             s.close()
 
 
+@pytest.mark.parametrize("host", ["", "::", "127.0.0.1"])
+def test_handoff_bound_before_listen_is_closed(host):
+    """A server socket with SO_REUSEADDR (as socketserver and asyncio set it)
+    bound through handoff(): until it listens nobody else can bind the port,
+    and once it listens it has SO_REUSEADDR again."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with portreserve.reserve(1) as res, res.handoff():
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, res.start))
+        # the addresses the socket covers (an IPv4 one leaves IPv6 to the
+        # engine's rules: README, "What is enforced")
+        covered = {"::": ("0.0.0.0", "127.0.0.1", "::1"), "": ("0.0.0.0", "127.0.0.1"),
+                   "127.0.0.1": ("127.0.0.1",)}[host]
+        for other in covered:
+            assert not can_bind(res.start, host=other, reuse=True)
+        s.listen()
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert not can_bind(res.start, host="127.0.0.1", reuse=True)
+        s.close()
+
+
 def test_handoff_asyncio_and_threads():
     import threading
     with portreserve.reserve(4) as res, res.handoff():
@@ -478,3 +500,51 @@ def test_readme_recipe(index, tmp_path):
     out = subprocess.run([sys.executable, "-c", recipe], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to run the parent as another uid")
+def test_child_by_number_as_another_user():
+    """As a user without CAP_CHOWN a child binding 127.0.0.1 still gets the
+    port and serves; a process of that uid without SO_REUSEPORT is kept out
+    (with it, it could share the port: README's platform table)."""
+    src = str(Path(portreserve.__file__).parent.parent)
+    code = f"""
+        import socket, subprocess, sys, time
+        sys.path.insert(0, {src!r})
+        try:
+            import portreserve
+        except ImportError as exc:
+            print("cannot import", exc); sys.exit(0)
+        res = portreserve.reserve(1)
+        p = res.popen([sys.executable, "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                with socket.create_connection(("127.0.0.1", res.start), timeout=5) as c:
+                    c.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+                    print(c.recv(12).decode())
+                    break
+            except OSError:
+                time.sleep(0.05)
+        for host in ("0.0.0.0", "127.0.0.1", "::"):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, res.start)); print("BOUND", host)
+            except OSError:
+                pass
+            s.close()
+        p.terminate(); p.wait()
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", res.start)); print("BOUND after exit")
+        except OSError:
+            pass
+    """
+    from helpers import run_python
+    out = run_python(code, user=NOBODY)
+    assert out.returncode == 0, out.stderr
+    if out.stdout.startswith("cannot import"):
+        pytest.skip(out.stdout)
+    assert out.stdout.startswith("HTTP/1.0 200"), out.stdout + out.stderr
+    assert "BOUND" not in out.stdout, out.stdout

@@ -1,7 +1,7 @@
 """Overlapped operations and completion ports, against the real kernel.
 
 Operations are kept pending deterministically with the documented test hook
-_overlapped._block_workers(port), which occupies every worker thread of a
+_overlapped_threads._block_workers(port), which occupies every worker thread of a
 port until released: what is submitted afterwards stays queued, not started.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 import portreserve
 from portreserve import InvalidParameter, NotSupported, OperationAborted, lowlevel
-from portreserve import _overlapped
+from portreserve import _overlapped_threads
 from portreserve._overlapped import (
     Completion,
     CompletionPort,
@@ -74,6 +74,27 @@ def test_failure_is_the_future_exception():
         with portreserve.reserve(1, start=start):
             exc = acquire_port_reservation_overlapped(sock, start, 1).exception(timeout=30)
         assert isinstance(exc, portreserve.ReservationConflict)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -0.5, float("-inf")])
+def test_get_refuses_a_timeout_that_is_no_duration(timeout):
+    # NaN compares false with everything: a wait on it never ended (100 % CPU).
+    with CompletionPort() as port:
+        with pytest.raises(InvalidParameter) as info:
+            port.get(timeout=timeout)
+        assert (info.value.errno, info.value.winerror) == (22, 10022)
+        assert str(timeout) in str(info.value)
+        with pytest.raises(TypeError):
+            port.get(timeout="1")
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+def test_get_with_an_endless_timeout_waits_for_the_completion(timeout):
+    # inf (or more than any system waits) means wait for ever, like None.
+    with CompletionPort() as port, socket.socket() as sock:
+        op = release_port_reservation_overlapped(sock, 12345, port=port, key="k")
+        got = port.get(timeout=timeout)
+        assert [(c.key, c.op) for c in got] == [("k", op)]
 
 
 def test_bad_arguments_raise_at_call_time_and_queue_nothing():
@@ -144,7 +165,7 @@ def test_every_key_delivered_exactly_once():
 
 def test_get_is_oldest_first_and_honours_max_entries():
     with CompletionPort(concurrency=1) as port, socket.socket() as sock:
-        unblock = _overlapped._block_workers(port)
+        unblock = _overlapped_threads._block_workers(port)
         ops = [release_port_reservation_overlapped(sock, 7, port=port, key=k) for k in range(5)]
         assert port.get(timeout=0) == []
         unblock()
@@ -208,7 +229,7 @@ def test_wrap_future():
 def test_cancel_before_start_aborts():
     start = free_block(3)
     with CompletionPort(concurrency=1) as port, socket.socket() as sock:
-        unblock = _overlapped._block_workers(port)
+        unblock = _overlapped_threads._block_workers(port)
         op = acquire_port_reservation_overlapped(sock, start, 3, port=port, key="k")
         assert not op.running() and not op.done()
         assert op.cancel() is True
@@ -242,7 +263,7 @@ def test_close_socket_with_operations_pending():
     start = free_block(2)
     with portreserve.reserve(1) as res, CompletionPort(concurrency=1) as port:
         sock, other = socket.socket(), socket.socket(type=socket.SOCK_DGRAM)
-        unblock = _overlapped._block_workers(port)
+        unblock = _overlapped_threads._block_workers(port)
         acquire = acquire_port_reservation_overlapped(sock, start, 2, port=port, key=1)
         associate = associate_port_reservation_overlapped(sock, res.token, port=port, key=2)
         survivor = release_port_reservation_overlapped(other, 3, port=port, key=3)
@@ -265,7 +286,7 @@ def test_close_port_with_operations_pending():
     sock = socket.socket()
     port = CompletionPort(concurrency=2)
     fd = port.fileno()
-    _overlapped._block_workers(port)  # released by close()
+    _overlapped_threads._block_workers(port)  # released by close()
     ops = [acquire_port_reservation_overlapped(sock, start, 2, port=port, key=0)]
     ops += [associate_port_reservation_overlapped(sock, 9, port=port, key=k) for k in range(1, 6)]
     waiter_saw = []
@@ -316,9 +337,9 @@ def test_no_threads_or_descriptors_left_after_close():
 def test_idle_workers_exit():
     with socket.socket() as sock:
         acquire_port_reservation_overlapped(sock, 0, 1).result(timeout=30)
-    workers = _overlapped._default_workers()
+    workers = _overlapped_threads._default_workers()
     for t in list(workers._threads):
-        t.join(timeout=_overlapped._IDLE_SECONDS + 30)
+        t.join(timeout=_overlapped_threads._IDLE_SECONDS + 30)
         assert not t.is_alive()
 
 
@@ -326,12 +347,29 @@ def test_exit_with_operations_pending_and_running():
     # atexit aborts what is queued and waits for what runs: no hang, no error.
     result = run_python("""
         import socket
-        from portreserve import _overlapped as o
+        from portreserve import _overlapped as o, _overlapped_threads
         port = o.CompletionPort(concurrency=1)
-        o._block_workers(port)
+        _overlapped_threads._block_workers(port)
         pending = o.acquire_port_reservation_overlapped(socket.socket(), 0, 3, port=port)
         running = o.acquire_port_reservation_overlapped(socket.socket(), 0, 2000)
         print("submitted")
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "submitted\n" and result.stderr == ""
+
+
+def test_one_engine_chosen_without_cycles():
+    # The public calls go to the threads engine here; the engines import only
+    # the shared types, never the module that chooses between them.
+    import ast
+    import pathlib
+    from portreserve import _overlapped
+
+    assert _overlapped.CompletionPort is _overlapped_threads.CompletionPort
+    src = pathlib.Path(_overlapped.__file__).parent
+    for engine in ("_overlapped_threads.py", "_overlapped_iocp.py", "_overlapped_types.py"):
+        tree = ast.parse((src / engine).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    for alias in node.names} | {
+            node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "_overlapped" not in imported, engine

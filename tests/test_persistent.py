@@ -65,6 +65,32 @@ def child(*parts, **kwargs):
     assert r.returncode == 0, r.stderr
     return r.stdout
 
+def as_other(code, *args):
+    "Run code as uid 65534 (the system's python3: standard library only), args in sys.argv."
+    r = subprocess.run(["/usr/bin/python3", "-c", textwrap.dedent(code), *map(str, args)],
+                       user=65534, group=65534, extra_groups=[], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+def tree(path):
+    "Every entry under path: name -> (mode, uid, link target or content)."
+    out = {{}}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            what = (os.readlink(p) if os.path.islink(p) else
+                    open(p, "rb").read() if os.path.isfile(p) else None)
+            out[os.path.relpath(p, path)] = (st.st_mode, st.st_uid, what)
+    return out
+
+def cli(*args, env=None):
+    "The portreserve command in this namespace: (status, stderr)."
+    r = subprocess.run([sys.executable, "-m", "portreserve", *args], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, **(env or {{}})))
+    return r.returncode, r.stderr
+
 def ports(text):
     "The kernel list text as a set of ports."
     out = set()
@@ -417,6 +443,9 @@ def test_kill9_during_create_delete_cycles_never_corrupts():
             # The next change finishes an interrupted one: list and kernel agree.
             portreserve.create_persistent(20500 + round_, 1)
             assert all(r.applied for r in portreserve.list_persistent())
+            # ... and removes the temporaries a killed writer left.
+            names = os.listdir(os.environ["PORTRESERVE_STATE_DIR"])
+            assert not [n for n in names if n.endswith(".tmp")], names
             covered |= {20500 + round_}
             assert ports(kernel()) == others | covered, kernel()
         print("ok")
@@ -499,3 +528,342 @@ def test_restore_after_a_reboot():
         assert lines[4] == "5000-5002" and lines[5] == "5000", lines
         assert saved()["boot_id"] == "00000000-1111-2222-3333-444444444444"
     """)
+
+
+
+# The store is a privilege boundary: root changes it, and anyone may have
+# prepared the directory it is pointed at (PORTRESERVE_STATE_DIR under /tmp).
+
+@pytest.mark.skipif(not ROOT, reason="needs root and another uid")
+def test_hostile_state_directory_is_refused(shared_dir):
+    os.chmod(shared_dir, 0o1777)  # like /tmp: anyone may make a directory here
+    run(f"""
+        base = {shared_dir!r}
+        victim = os.path.join(base, "victim")
+        with open(victim, "w") as f:
+            f.write("precious\\n")
+        os.chmod(victim, 0o600)
+        key = _persistent._netns_key()
+        # uid 65534 prepares a store: every name root would write, planted as a
+        # link (the old fixed temporary, the state file, a dangling lock).
+        as_other('''
+            import os, sys
+            base, key = sys.argv[1], sys.argv[2]
+            hostile = os.path.join(base, "hostile")
+            os.mkdir(hostile, 0o755)
+            for name in (key + ".json.tmp", key + ".json", "." + key + ".json.0.tmp"):
+                os.symlink(os.path.join(base, "victim"), os.path.join(hostile, name))
+            os.symlink(os.path.join(base, "made-through-lock"), os.path.join(hostile, "lock"))
+        ''', base, key)
+        # Root-owned directories that others may write through their mode.
+        for mode in (0o777, 0o775, 0o757):
+            d = os.path.join(base, "writable-%o" % mode)
+            os.mkdir(d)
+            os.chmod(d, mode)
+            os.symlink(victim, os.path.join(d, key + ".json"))
+        good = os.path.join(base, "good")
+        os.mkdir(good, 0o755)
+        os.symlink(good, os.path.join(base, "link-to-good"))
+        set_kernel("3000")
+        before = tree(base)
+
+        cases = [("hostile", "owned by uid 65534"), ("writable-777", "mode 0777"),
+                 ("writable-775", "mode 0775"), ("writable-757", "mode 0757"),
+                 ("link-to-good", "symbolic link")]
+        for name, why in cases:
+            env = {{"PORTRESERVE_STATE_DIR": os.path.join(base, name)}}
+            for args in (["persistent", "add", "5000", "2"], ["persistent", "delete", "5000", "2"],
+                         ["persistent", "restore"], ["persistent", "list"],
+                         ["persistent", "lookup", "5000", "2", "--udp"]):
+                status, err = cli(*args, env=env)
+                assert status == 1 and len(err.splitlines()) == 1, (args, err)
+                assert "refusing the state directory " + os.path.join(base, name) in err, err
+                assert why in err and "[errno 13, winerror 5]" in err, err
+            os.environ.update(env)
+            exc = fails(AccessDenied, 5, portreserve.create_persistent, 5000, 2)
+            assert exc.errno == 13
+            fails(AccessDenied, 5, portreserve.bind, socket.socket(), 99)
+        assert tree(base) == before  # nothing touched, nothing made through the links
+        assert not os.path.lexists(os.path.join(base, "made-through-lock"))
+        assert open(victim).read() == "precious\\n"
+        assert kernel() == "3000"
+        print("ok")
+    """)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root")
+def test_links_inside_our_own_store_are_never_followed(shared_dir):
+    run(f"""
+        base = {shared_dir!r}
+        victim = os.path.join(base, "victim")
+        with open(victim, "w") as f:
+            f.write("precious\\n")
+        store = os.environ["PORTRESERVE_STATE_DIR"] = os.path.join(base, "store")
+        os.mkdir(store, 0o755)
+        key = _persistent._netns_key()
+        state = os.path.join(store, key + ".json")
+
+        # A link at the old fixed temporary name: no longer a name we write.
+        os.symlink(victim, state + ".tmp")
+        token = portreserve.create_persistent(5000, 2)
+        assert open(victim).read() == "precious\\n" and os.path.islink(state + ".tmp")
+        assert saved()["reservations"][0]["token"] == token
+        assert kernel() == "5000-5001"
+
+        # A link as the state file: damaged, for readers and writers; nothing applied.
+        os.replace(state, os.path.join(base, "real.json"))
+        os.symlink(os.path.join(base, "real.json"), state)
+        set_kernel("")
+        for fn, args in ((portreserve.create_persistent, (6000, 1)),
+                         (portreserve.lookup_persistent, (5000, 2)),
+                         (portreserve.list_persistent, ())):
+            exc = fails(portreserve.PortReservationError, 1392, fn, *args)
+            assert exc.errno == 5 and state in str(exc) and "symbolic link" in str(exc), exc
+        assert kernel() == ""
+        os.unlink(state)
+
+        # A dangling link as the lock: refused, and nothing made at its target.
+        os.unlink(os.path.join(store, "lock"))
+        os.symlink(os.path.join(base, "made-through-lock"), os.path.join(store, "lock"))
+        exc = fails(portreserve.PortReservationError, 31, portreserve.create_persistent, 6000, 1)
+        assert os.path.join(store, "lock") in str(exc) and exc.errno == 40, exc  # ELOOP
+        assert not os.path.lexists(os.path.join(base, "made-through-lock"))
+        assert kernel() == "" and open(victim).read() == "precious\\n"
+        print("ok")
+    """)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root and another uid")
+def test_nobody_else_can_hold_the_lock(shared_dir):
+    run(f"""
+        store = os.environ["PORTRESERVE_STATE_DIR"] = os.path.join({shared_dir!r}, "store")
+        portreserve.create_persistent(5000, 1)
+        lock = os.path.join(store, "lock")
+        st = os.stat(lock)
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, 0), oct(st.st_mode)
+        # Another user cannot even open it, so cannot flock it.
+        assert as_other('''
+            import sys
+            try:
+                open(sys.argv[1])
+            except PermissionError:
+                print("denied")
+        ''', lock).strip() == "denied"
+
+        # A lock left readable (as an older version made it), held by another
+        # user who opened it then: root's change does not wait for that user.
+        os.chmod(lock, 0o644)
+        holder = subprocess.Popen(["/usr/bin/python3", "-c", '''if 1:
+            import fcntl, sys
+            f = open(sys.argv[1])
+            fcntl.flock(f, fcntl.LOCK_EX)
+            print("held", flush=True)
+            sys.stdin.read()
+        ''', lock], user=65534, group=65534, extra_groups=[], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        portreserve.create_persistent(5001, 1)
+        assert os.stat(lock).st_mode & 0o777 == 0o600 and os.stat(lock).st_ino != st.st_ino
+        holder.stdin.close(); holder.wait()
+
+        # Held by a process of our own uid: the wait is bounded, the error clear.
+        holder = subprocess.Popen([sys.executable, "-c", '''if 1:
+            import fcntl, sys
+            f = open(sys.argv[1], "r+")
+            fcntl.flock(f, fcntl.LOCK_EX)
+            print("held", flush=True)
+            sys.stdin.read()
+        ''', lock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        before = (kernel(), saved())
+        _persistent.LOCK_TIMEOUT = 0.5
+        exc = fails(portreserve.PortReservationError, 1460, portreserve.create_persistent, 6000, 1)
+        assert exc.errno == 110 and lock in str(exc), exc
+        fails(portreserve.PortReservationError, 1460, portreserve.delete_persistent, 5000, 1)
+        assert (kernel(), saved()) == before
+        holder.stdin.close(); holder.wait()
+        portreserve.delete_persistent(5000, 1)  # free again
+        print("ok")
+    """)
+
+
+# Valid JSON that is not a state, and files that are no state at all.  Each
+# must be "damaged" for every reader and writer, with nothing applied.
+DAMAGED = [
+    b"", b"null", b"{}", b"[]", b"42", b'"state"', b"\xff\xfe\x00", b"[" * 100000,
+    b'{"format": 1, "boot_id": "b", "reservations": [], "added": [[0, 1000000000]]}',
+    b'{"format": 1, "boot_id": "b", "reservations": [], "added": [[5, 4]]}',
+    b'{"format": 1, "boot_id": "b", "reservations": [], "added": [[5000, 5000]]}',
+    b'{"format": 1, "boot_id": "b", "reservations": [], "added": [[1, 2, 3]]}',
+    b'{"format": 1, "boot_id": "b", "reservations": [], "added": {}}',
+    b'{"format": 2, "boot_id": "b", "reservations": [], "added": []}',
+    b'{"format": true, "boot_id": "b", "reservations": [], "added": []}',
+    b'{"format": 1, "boot_id": 5, "reservations": [], "added": []}',
+    b'{"format": 1, "boot_id": "b", "reservations": {}, "added": []}',
+    b'{"format": 1, "boot_id": "b", "reservations": [], "added": [], "more": 1}',
+    b'{"format": 1, "boot_id": "b", "reservations": []}',
+    b'{"format": 1, "boot_id": "b", "reservations": [null], "added": []}',
+    b'{"format": 1, "boot_id": "b", "reservations": [[1, 2]], "added": []}',
+] + [
+    b'{"format": 1, "boot_id": "b", "added": [], "reservations": [%s]}' % r for r in (
+        b'{"protocol": "sctp", "start": 5000, "count": 1, "token": 1}',
+        b'{"protocol": "tcp", "start": 0, "count": 1, "token": 1}',
+        b'{"protocol": "tcp", "start": 5000, "count": 0, "token": 1}',
+        b'{"protocol": "tcp", "start": 65535, "count": 2, "token": 1}',
+        b'{"protocol": "tcp", "start": 1, "count": 1000000000, "token": 1}',
+        b'{"protocol": "tcp", "start": "5000", "count": 1, "token": 1}',
+        b'{"protocol": "tcp", "start": 5000.0, "count": 1, "token": 1}',
+        b'{"protocol": "tcp", "start": true, "count": 1, "token": 1}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": 0}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": 18446744073709551616}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": -1}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": 1, "x": 0}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": 1e999}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": ' + b"9" * 5000 + b"}",
+        b'{"protocol": "tcp", "start": 5000, "count": 2, "token": 1}, '
+        b'{"protocol": "tcp", "start": 5001, "count": 1, "token": 2}',
+        b'{"protocol": "tcp", "start": 5000, "count": 1, "token": 1}, '
+        b'{"protocol": "udp", "start": 6000, "count": 1, "token": 1}',
+    )
+]
+
+
+def test_damaged_state_files_are_refused_whole():
+    out = run(f"""
+        import tracemalloc
+        DAMAGED = {DAMAGED!r}
+        store = os.environ["PORTRESERVE_STATE_DIR"]
+        os.makedirs(store, 0o755)
+        path = os.path.join(store, _persistent._netns_key() + ".json")
+
+        def calls():
+            sock = socket.socket()
+            try:
+                yield "create", lambda: portreserve.create_persistent(6000, 1)
+                yield "delete", lambda: portreserve.delete_persistent(5000, 1)
+                yield "restore", _persistent.restore
+                yield "lookup", lambda: portreserve.lookup_persistent(5000, 1)
+                yield "list", portreserve.list_persistent
+                yield "bind", lambda: portreserve.bind(sock, 1)
+            finally:
+                sock.close()
+
+        def refused(what):
+            for name, fn in calls():
+                exc = fails(portreserve.PortReservationError, 1392, fn)
+                assert type(exc) is portreserve.PortReservationError, (what, name, exc)
+                assert exc.errno == 5, (what, name, exc)
+                assert "the state file " + path + " is damaged" in str(exc), (what, name, exc)
+            status, err = cli("persistent", "list")
+            assert status == 1 and len(err.splitlines()) == 1 and path in err, (what, err)
+            assert "None" not in err, err
+            assert kernel() == "7000", (what, kernel())  # nothing applied
+
+        set_kernel("7000")
+        tracemalloc.start()
+        for data in DAMAGED:
+            with open(path, "wb") as f:
+                f.write(data)
+            refused(data[:80])
+            with open(path, "rb") as f:
+                assert f.read() == data  # left for the administrator, as it was
+        # No reader allocates much, whatever the file says (the 77-byte
+        # [[0, 10**9]] made every reader allocate over 2 GiB).
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20, tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+
+        # A valid state that someone else wrote (the forged ports 1024-65535),
+        # or that anyone may change: never applied.
+        forged = json.dumps({{"format": 1, "boot_id": "b", "added": [[1024, 65535]],
+                              "reservations": [{{"protocol": "tcp", "start": 1024,
+                                                "count": 64512, "token": 1}}]}})
+        with open(path, "w") as f:
+            f.write(forged)
+        os.chown(path, 65534, 65534)
+        refused("owned by 65534")
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o666)
+        refused("mode 0666")
+        os.unlink(path)
+
+        # Not a regular file: a FIFO (a reader must not hang), a directory, a
+        # file too large for any state (sparse: the size alone says so).
+        os.mkfifo(path)
+        refused("fifo")
+        os.unlink(path)
+        os.mkdir(path)
+        refused("directory")
+        os.rmdir(path)
+        with open(path, "wb") as f:
+            f.truncate(_persistent.MAX_STATE_BYTES + 1)
+        refused("oversized")
+        os.unlink(path)
+
+        # Moved away, the store starts afresh.
+        portreserve.create_persistent(6000, 1)
+        assert kernel() == "6000,7000", kernel()
+        print("ok")
+    """, timeout=300)
+    assert out.strip().endswith("ok")
+
+
+@pytest.mark.skipif(not ROOT, reason="mounts a tmpfs in a private mount namespace")
+@pytest.mark.parametrize("free_pages", [0, 1], ids=["full", "nearly-full"])
+def test_full_disk_fails_with_enospc_and_keeps_the_old_state(tmp_path, free_pages):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    code = PRELUDE + textwrap.dedent(f"""
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", {str(mnt)!r}],
+                       check=True)
+        store = os.environ["PORTRESERVE_STATE_DIR"] = os.path.join({str(mnt)!r}, "state")
+        # Sixty one-port blocks: a state of about 4.6 KiB, more than one page.
+        for i in range(60):
+            portreserve.create_persistent(10000 + 2 * i, 1, protocol="udp" if i % 2 else "tcp")
+        [name] = [n for n in os.listdir(store) if n.endswith(".json")]
+        path = os.path.join(store, name)
+        state = open(path, "rb").read()
+        assert len(state) > 4096, len(state)
+        listed = kernel()
+
+        # Fill the disk, then give back {free_pages} page(s): the next state
+        # does not fit, so its write is refused or cut short.
+        filler = os.path.join({str(mnt)!r}, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        for _ in range(1000):
+            try:
+                os.write(fd, b"x" * 4096)
+            except OSError as exc:
+                assert exc.errno == 28
+                break
+        os.close(fd)
+        with open(filler, "r+b") as f:
+            f.truncate(os.path.getsize(filler) - {free_pages} * 4096)
+        st = os.statvfs({str(mnt)!r})
+        assert st.f_bavail * st.f_frsize == {free_pages} * 4096, st
+
+        for fn, args in ((portreserve.create_persistent, (20000, 5)),
+                         (portreserve.delete_persistent, (10000, 1)),
+                         (lowlevel.create_persistent_udp_port_reservation, (20000, 5))):
+            exc = fails(portreserve.PortReservationError, 112, fn, *args)
+            assert exc.errno == 28 and path in str(exc), exc  # ENOSPC, naming the file
+            assert open(path, "rb").read() == state  # the old state, whole
+            assert kernel() == listed, kernel()  # the kernel list as it was
+            assert sorted(os.listdir(store)) == ["lock", name], os.listdir(store)
+        assert portreserve.lookup_persistent(10000, 1) and len(portreserve.list_persistent()) == 60
+
+        os.unlink(filler)  # room again: everything works
+        portreserve.create_persistent(20000, 5)
+        portreserve.delete_persistent(10000, 1)
+        assert "20000-20004" in kernel() and not kernel().startswith("10000,")
+        assert len(portreserve.list_persistent()) == 60
+        print("ok")
+    """)
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    from helpers import run_python
+    r = run_python(code, prefix=["unshare", "--net", "--mount", "--propagation", "private"],
+                   timeout=120)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    assert r.stdout.strip().endswith("ok")

@@ -134,11 +134,13 @@ def test_each_port_once_then_exhausted_then_returned():
 
 
 def test_time_wait_port_is_skipped():
+    # The user's own socket (its close is seen at the next call); without
+    # SO_REUSEADDR its TIME_WAIT bars the port, as it would any bind.
     with portreserve.reserve(2) as res, socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        client = res.socket()
-        port = client.getsockname()[1]
+        client = socket.socket()
+        port = res.bind(client)
         client.connect(listener.getsockname())
         conn = listener.accept()[0]
         client.close()  # the active closer ends in TIME_WAIT on `port`

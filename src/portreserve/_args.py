@@ -80,7 +80,16 @@ def sock_protocol(call: str, value: socket.socket) -> Protocol:
         if value.type == socket.SOCK_DGRAM and value.proto in (0, socket.IPPROTO_UDP):
             return Protocol.UDP
     raise NotSupported(f"{call}: only TCP and UDP sockets of AF_INET or AF_INET6 take "
-                       f"port reservations, not {value!r}")
+                       f"port reservations, not a {_name(socket.AddressFamily, value.family)} "
+                       f"{_name(socket.SocketKind, value.type)} socket (protocol {value.proto})")
+
+
+def _name(enum: type, number: int) -> str:
+    """'AF_UNIX' for 1, say; the number itself if Python has no name for it."""
+    try:
+        return enum(number).name
+    except ValueError:
+        return str(number)
 
 
 def sock_matches(call: str, value: socket.socket, expected: Protocol) -> None:
@@ -96,3 +105,31 @@ def host(call: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{call}: host must be a str, not {type(value).__name__}")
     return value
+
+
+def family(call: str, value: object) -> int | None:
+    """None (the family that carries the whole guarantee), AF_INET or AF_INET6."""
+    if value is None:
+        return None
+    value = _int(call, "family", value)
+    if value not in (socket.AF_INET, socket.AF_INET6):
+        raise InvalidParameter(f"{call}: family {value} is neither AF_INET nor AF_INET6")
+    return socket.AddressFamily(value)
+
+
+def host_address(call: str, family: int, value: str) -> bytes:
+    """``value`` ("" for the wildcard, an address or a name) as the packed
+    address of ``family`` (4 or 16 bytes); InvalidParameter naming it if it
+    is none of that family's."""
+    if not value:
+        return bytes(16 if family == socket.AF_INET6 else 4)
+    try:
+        return socket.inet_pton(family, value)
+    except (OSError, ValueError):
+        pass
+    try:
+        info = socket.getaddrinfo(value, None, family, socket.SOCK_STREAM)
+        return socket.inet_pton(family, str(info[0][4][0]))
+    except (OSError, UnicodeError, ValueError):  # socket.gaierror is an OSError
+        raise InvalidParameter(f"{call}: host {value!r} is not an address of "
+                               f"{socket.AddressFamily(family).name}") from None

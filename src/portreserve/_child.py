@@ -1,4 +1,4 @@
-"""Reservation.popen: a child process that gets the block's ports (API.md 1b).
+"""Reservation.popen: a child process that gets the block's ports (docs/API.md section 1b).
 
 Three ways, chosen per child:
 
@@ -27,10 +27,18 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from ._errors import InvalidParameter, NotSupported, PortReservationError
 from ._records import Protocol
+
+if TYPE_CHECKING:
+    from ._reservation import Reservation
+
+#: What Popen takes as ``args``.
+Args = Union[str, bytes, "os.PathLike[str]", Sequence[Any]]
 
 _PLACEHOLDER = re.compile(r"\{port(\d*)\}")
 
@@ -52,13 +60,13 @@ except OSError as exc:
 """
 
 
-def substitute(args, ports: list[int]):
+def substitute(args: Args, ports: list[int]) -> Args:
     """``{port}`` and ``{portN}`` replaced in ``args`` (a string or a sequence)."""
-    def one(text):
+    def one(text: Any) -> Any:
         if not isinstance(text, str):
             return text
 
-        def repl(m: re.Match) -> str:
+        def repl(m: re.Match[str]) -> str:
             i = int(m.group(1) or 0)
             if i >= len(ports):
                 raise InvalidParameter(f"popen: {m.group(0)} in {text!r} names no port of "
@@ -110,11 +118,13 @@ def _dynamic(path: str, depth: int = 0) -> bool:
         return False
 
 
-def _program(args, kwargs, env) -> tuple[list, str]:
+def _program(args: Args, kwargs: dict[str, Any],
+             env: dict[str, str]) -> tuple[list[Any], str]:
     """The argv Popen would run and the file it would execute."""
     if kwargs.get("shell"):
         shell = kwargs.get("executable") or "/bin/sh"
-        argv = [shell, "-c", args] if isinstance(args, (str, bytes)) else [shell, "-c", *args]
+        argv = ([shell, "-c", args] if isinstance(args, (str, bytes))
+                else [shell, "-c", *list(args)])  # type: ignore[arg-type]
         return argv, shell
     argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
     if not argv:
@@ -128,19 +138,19 @@ def _program(args, kwargs, env) -> tuple[list, str]:
     return argv, program
 
 
-class ReservedPopen(subprocess.Popen):
+class ReservedPopen(subprocess.Popen):  # type: ignore[type-arg]
     """A child that borrowed ports of a reservation; they return to the block
     when wait() or poll() sees the child exit."""
 
-    _give_back = None
+    _give_back: Callable[[], None] | None = None
 
-    def poll(self):
+    def poll(self) -> int | None:
         code = super().poll()
         if code is not None:
             self._returned()
         return code
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> int:
         code = super().wait(timeout)
         self._returned()
         return code
@@ -165,8 +175,9 @@ def _listening(fd: int, protocol: Protocol) -> None:
         sock.detach()
 
 
-def popen(reservation, args, *, listen_fds: bool = False, **kwargs) -> ReservedPopen:
-    block = reservation._block
+def popen(reservation: Reservation, args: Args, *, listen_fds: bool = False,
+          **kwargs: Any) -> ReservedPopen:
+    block: Any = reservation._block  # an engine Block with lend()/give_back(), or not
     ports = list(range(block.start, block.start + block.count))
     args = substitute(args, ports)
     env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
@@ -180,6 +191,7 @@ def popen(reservation, args, *, listen_fds: bool = False, **kwargs) -> ReservedP
     by_number = library is not None and _dynamic(program)
     lent = block.lend(release=not (listen_fds or by_number))
     fds = [fd for _, fd in lent]
+    run: Any
     try:
         if listen_fds:
             for fd in fds:
@@ -210,7 +222,8 @@ def popen(reservation, args, *, listen_fds: bool = False, **kwargs) -> ReservedP
     return proc
 
 
-def _popen_released(reservation, args, listen_fds: bool, kwargs) -> ReservedPopen:
+def _popen_released(reservation: Reservation, args: Args, listen_fds: bool,
+                    kwargs: dict[str, Any]) -> ReservedPopen:
     """Windows: a reservation cannot lend single ports, so the whole block is
     released just before the child starts and reserved again (a new token)
     when it has exited.  A child that cooperates can instead take a bound
@@ -219,9 +232,6 @@ def _popen_released(reservation, args, listen_fds: bool, kwargs) -> ReservedPope
         raise NotSupported("popen: listen_fds needs POSIX descriptor passing; on Windows "
                            "give the child Reservation.socket().share(pid)")
     block = reservation._block
-    block.close()
-    proc = ReservedPopen(args, **kwargs)
-    proc.args = args
 
     def give_back() -> None:
         from ._engine import engine
@@ -229,5 +239,13 @@ def _popen_released(reservation, args, listen_fds: bool, kwargs) -> ReservedPope
             reservation._block = engine.reserve(block.protocol, block.start, block.count)
         except PortReservationError:
             pass  # taken in the meantime: the reservation stays released
+
+    block.close()
+    try:
+        proc = ReservedPopen(args, **kwargs)
+    except BaseException:
+        give_back()
+        raise
+    proc.args = args
     proc._give_back = give_back
     return proc

@@ -1,4 +1,4 @@
-"""The `portreserve` command (API.md section 4)."""
+"""The `portreserve` command (docs/API.md section 4)."""
 
 from __future__ import annotations
 
@@ -223,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from ._backend import refused
+    if refused is not None:  # a usage error, as argparse's own (status 2)
+        print(f"portreserve: {refused}", file=sys.stderr)
+        return 2
     try:
         return args.run(args) or 0
     except (portreserve.PortReservationError, OSError) as exc:

@@ -7,14 +7,17 @@ other process can bind the port on any address, and the kernel never picks
 it for bind(port 0), connect() or sendto().  The kernel closes holders when
 the process dies, so a crash frees the block.
 
-A port is handed to a user's socket by swapping the holder in for the user's
-descriptor (no window at all) where family and address allow, and otherwise
-by a one-bind SO_REUSEPORT overlap, after which a UDP holder stays to keep
-the port's other addresses closed (a TCP one cannot: listen() would fail).
-When that socket is closed the port is held again on a later bind(), if
-nobody took it in between (TIME_WAIT, or another process in that moment):
-then it is skipped until it can be held.
-The measurements behind these choices are summed up in README.md.
+Reservation.socket() hands out the holder itself, and takes it back as the
+port's holder when it is closed (Block.readopt: stop listening, forget the
+peer, clear reuse options; the port is never unbound).  A user's own socket
+gets the port by swapping the holder in for its descriptor (no window at all)
+where family and address allow, and otherwise by a one-bind SO_REUSEPORT
+overlap, after which a UDP holder stays to keep the port's other addresses
+closed (a TCP one cannot: listen() would fail).  When a user's own socket is
+closed the port is held again at the next call on the block, if nobody took
+it in between (TIME_WAIT without SO_REUSEADDR, or another process in that
+moment): then it is retried at each call until it can be held.  README.md,
+"What is enforced", states each case.
 
 The same engine runs on macOS with what POSIX offers there: no socket dump
 (blocks are found by trying binds), no reserved-ports list, no persistent
@@ -27,17 +30,20 @@ import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
-import ctypes
+import _socket
 import errno
 import os
 import random
 import resource
 import socket
-import struct
 import threading
 import weakref
+from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from . import _errors
+from . import _args, _errors
+from . import _persistent as _store  # imported now: later, no descriptor may be left
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -45,7 +51,12 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
+from ._port_list import parse_port_list
 from ._records import PortReservationInstance, Protocol
+
+if TYPE_CHECKING:
+    from ._interfaces import Block as _AnyBlock
+    from ._records import PersistentReservation
 
 _LINUX = sys.platform.startswith("linux")
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
@@ -59,20 +70,13 @@ _associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDict
 
 
 def _new_token() -> int:
+    """A token nobody can guess: 64 bits from the system's CSPRNG (not our
+    seeded generator, whose output can be predicted and repeats after fork),
+    non-zero and unique among this process's live reservations."""
     while True:
-        token = _random.getrandbits(64)
+        token = int.from_bytes(os.urandom(8), "little")
         if token and token not in _blocks:
             return token
-
-
-def parse_port_list(text: str) -> list[tuple[int, int]]:
-    """'8080,9000-9010' -> [(8080, 8080), (9000, 9010)]."""
-    spans = []
-    for part in text.replace("\n", "").split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            spans.append((int(lo), int(hi or lo)))
-    return spans
 
 
 def _raise_nofile_limit() -> bool:
@@ -121,33 +125,87 @@ def _hold_block(protocol: Protocol, start: int, count: int, fds) -> int:
     raise AssertionError("unreachable")
 
 
+# A bind that fails with one of these found the port taken: search on.
+_TAKEN = (errno.EADDRINUSE, errno.EACCES)
+
+
+def _reserved_spans() -> list[tuple[int, int]]:
+    """ip_local_reserved_ports: persistent blocks a wildcard search leaves alone."""
+    if not _LINUX:
+        return []
+    # Plain reads: open() with its buffered text layers cost twice as much.
+    fd = os.open("/proc/sys/net/ipv4/ip_local_reserved_ports", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = chunk = os.read(fd, 4096)
+        while len(chunk) == 4096:  # a sysctl's short read is its end
+            chunk = os.read(fd, 4096)
+            text += chunk
+    finally:
+        os.close(fd)
+    return parse_port_list(text.decode()) if text.strip() else []
+
+
+# About what the dump of bound-only TCP sockets costs, counted in binds.
+_BINDS_BEFORE_BOUND_ONLY_DUMP = 128
+
+
+# calls.bound_ports(which=): all but the TCP sockets only bound, or those alone.
+_DUMP_ACTIVE, _DUMP_BOUND_ONLY = 1, 2
+
+
+def _bound_ports(proto: int, which: int, taken: bytearray) -> bytearray:
+    try:
+        return calls.bound_ports(proto, which, taken)
+    except OSError:  # no sock_diag (old kernel, seccomp, a bad reply): the binds still check
+        return taken
+
+
 def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
-    """Find and hold a free block of ``count`` ports; return its start."""
+    """Find and hold a free block of ``count`` ports; return its start.
+
+    The binds are the only real check.  Cheap guesses come first: for one
+    port the kernel's own choice, for more a random start in the ephemeral
+    range.  Only when that collides do we ask the kernel which ports are
+    bound (a sock_diag dump, which walks the kernel's socket tables of every
+    namespace) and search its map, ephemeral range first as Windows does,
+    then every unprivileged port.  TCP sockets that are only bound are
+    left out of that dump (the costly part) and found by the binds, unless
+    there are many.
+    """
     global _family
     type_ = protocol.socket_type
-    if count == 1:  # the kernel's own choice is the fastest search
+    if count == 1:
         try:
             fds[0], port = calls.hold_any(_family, type_)
             return port
         except OSError as exc:
-            if exc.errno != errno.EAFNOSUPPORT or _family != socket.AF_INET6:
+            if exc.errno == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
+                _family = socket.AF_INET
+                return _hold_wildcard(protocol, count, fds)
+            # The kernel looks in the ephemeral range only; when that is
+            # full (EADDRINUSE) the search below looks further.
+            if exc.errno not in _TAKEN:
                 raise _errors.from_errno(exc.errno, "reserve") from None
-            _family = socket.AF_INET
-            return _hold_wildcard(protocol, count, fds)
-    try:
-        taken = calls.bound_ports(_IPPROTO[protocol])
-    except OSError:  # no sock_diag (old kernel, seccomp): the binds still check
-        taken = bytearray(65536)
-    if _LINUX:
-        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
-            for lo, hi in parse_port_list(f.read()):
-                taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
-    need = bytes(count)
     eph_lo, eph_hi = calls.port_range()
-    # Ephemeral range first, as Windows does; then all unprivileged ports.
+    reserved = _reserved_spans()
+    if count > 1 and eph_hi - eph_lo + 1 >= count:
+        # A random start keeps concurrent searchers apart, also across fork
+        # (the random module reseeds itself in a child).
+        start = random.randint(eph_lo, eph_hi - count + 1)
+        if not any(lo < start + count and start <= hi for lo, hi in reserved):
+            n, err = _hold(type_, start, count, fds)
+            if n == count:
+                return start
+            if err not in _TAKEN:
+                raise _errors.from_errno(err, "reserve")
+    proto = _IPPROTO[protocol]
+    taken = _bound_ports(proto, _DUMP_ACTIVE, bytearray(65536))
+    for lo, hi in reserved:
+        taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
+    need = bytes(count)
+    wasted = 0  # binds that failed since the dump
     for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
-        # A random starting point keeps concurrent searchers apart.
-        pos = _random.randint(lo, hi)
+        pos = random.randint(lo, hi)
         for first in (pos, lo):
             while True:
                 start = taken.find(need, first, hi + 1)
@@ -156,26 +214,92 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
                 n, err = _hold(type_, start, count, fds)
                 if n == count:
                     return start
-                if err not in (errno.EADDRINUSE, errno.EACCES):
+                if err not in _TAKEN:
                     raise _errors.from_errno(err, "reserve")
                 taken[start + n] = 1
                 first = start + n + 1
+                wasted += n + 1
+                if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP > wasted - n - 1:
+                    # Many ports only bound (other blocks' holders): their
+                    # dump costs less than finding them one bind at a time.
+                    _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
     raise _errors.ReservationConflict(
         f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
 
 
+_MAIN_THREAD = threading.main_thread().ident
+
+
+class _signals_held:
+    """Signals wait (in the main thread, the only one where Python runs their
+    handlers) until the block's state is whole again: an exception from a
+    handler (KeyboardInterrupt) can then strike only before or after, never
+    between a descriptor made and the record that owns it.  Costs two
+    system calls."""
+
+    __slots__ = ("state",)
+
+    def __enter__(self) -> None:
+        if threading.get_ident() != _MAIN_THREAD:
+            self.state = None
+            return
+        state = self.state = calls.signal_state()
+        try:
+            calls.hold_signals(state)
+        except BaseException:  # a handler that was already due: nothing done yet
+            calls.restore_signals(state)
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        if self.state is not None:
+            calls.restore_signals(self.state)
+
+
 class Block:
-    """A held block: one holder socket per port not handed out (and beside a
-    UDP socket that took its port on another address or family)."""
+    """A held block.  Each port of it is, at any moment, exactly one of:
+
+    - free: its holder is in ``_fds`` and it is in ``_free``;
+    - out: its holder itself was handed out as a socket (``socket()``), and
+      comes back through ``readopt()`` when that socket is closed;
+    - lent: handed to the user's own socket (``take()``); a UDP one keeps its
+      holder in ``_fds`` beside it.  Checked at every call on the block, and
+      held again once that socket is closed;
+    - lost: its socket was closed and the port could not be held again yet
+      (someone took it in the moment between, or TIME_WAIT that bars it);
+      retried at every call.
+
+    Descriptors are owned by ``_fds`` or by a socket object at every point, so
+    an exception from a signal handler anywhere leaves nothing unowned.
+    """
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
-        fds = calls.new_fds(count)
-        start = _hold_block(protocol, start, count, fds)
-        self.protocol, self.start, self.count, self._fds = protocol, start, count, fds
-        self._free = list(range(count - 1, -1, -1))  # indexes still held; lowest last
-        self._users: dict[int, weakref.ref] = {}  # index -> socket it was handed to
+        with _signals_held():
+            self._init(protocol, start, count)
+
+    def _init(self, protocol: Protocol, start: int, count: int) -> None:
+        self.closed = True  # nothing to close until the holders are in _fds
+        self._fds = calls.new_fds(count)
+        self.count, self.protocol = count, protocol
         self._lock = threading.Lock()
+        _every_block.add(self)
         self.closed = False
+        try:
+            if start and _LINUX:
+                _check_persistent(protocol, start, count)
+            start = _hold_block(protocol, start, count, self._fds)
+        except BaseException:
+            self._close_fds()
+            raise
+        self.start, self.family = start, _family
+        # Free indexes as an ordered set: O(1) to take any or a given one;
+        # the port given back last is handed out first, the lowest at start.
+        self._free: dict[int, None] = dict.fromkeys(range(count - 1, -1, -1))
+        self._lent: dict[int, weakref.ref] = {}
+        self._out: dict[int, weakref.ref] = {}
+        self._lost: set[int] = set()
+        # (port, fd) of handed-out holders the garbage collector closed; taken
+        # back at the next call (a finalizer may run while the lock is held).
+        self._dropped: list[tuple[int, int]] = []
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
@@ -183,142 +307,427 @@ class Block:
             self.token = _new_token()
             _blocks[self.token] = self
 
-    def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
-        """Hand a port of the block (``port``, or any if 0) to ``sock``."""
-        if sock.getsockname()[1]:
-            raise InvalidParameter(f"bind: {sock!r} is already bound")
-        with self._lock:
-            if self.closed:
-                raise InvalidParameter(f"bind: reservation {self.token} was released")
-            if port:
-                i = port - self.start
-                if not 0 <= i < self.count:
-                    raise InvalidParameter(f"bind: port {port} is not in block "
-                                           f"{self.start}..{self.start + self.count - 1}")
-                if i in self._users:
-                    self._reclaim()
-                if i not in self._free:  # handed out, or lent to a child
-                    raise ReservationExhausted(f"bind: port {port} is in use")
-                self._free.remove(i)
-            else:
-                if not self._free:
-                    self._reclaim()
-                if not self._free:
-                    raise ReservationExhausted(
-                        f"bind: every port of {self.start}..{self.start + self.count - 1} "
-                        f"is held by an open socket")
-                i = self._free.pop()
-            try:
-                holder_gone = _handoff(self._fds[i], sock, host, self.start + i)
-            except BaseException:
-                self._free.append(i)
-                raise
-            if holder_gone:
-                self._fds[i] = -1
-            self._users[i] = weakref.ref(sock)
-            return self.start + i
+    def _close_fds(self) -> None:
+        # close_all marks each entry -1 as it goes: interrupted, it can be
+        # called again, and the block counts as closed only once it finished.
+        calls.close_all(self._fds, self.count)
+        for port, fd in self._drain_dropped():
+            os.close(fd)
+        self.closed = True
 
-    def _reclaim(self) -> None:
-        """Hold again the ports whose sockets have been closed."""
-        one = calls.new_fds(1)
-        for i, ref in list(self._users.items()):
+    def _drain_dropped(self) -> list[tuple[int, int]]:
+        dropped = getattr(self, "_dropped", [])
+        taken = []
+        while dropped:
+            taken.append(dropped.pop())
+        return taken
+
+    def _pick(self, port: int) -> int:
+        """An index whose holder is free (``port``'s, or any if 0); the lock is held."""
+        if self.closed:
+            raise InvalidParameter(f"bind: reservation {self.token} was released")
+        for dropped_port, fd in self._drain_dropped():
+            self._readopt(dropped_port, fd, True)
+        self._collect()
+        last = self.start + self.count - 1
+        if port:
+            i = port - self.start
+            if not 0 <= i < self.count:
+                raise InvalidParameter(f"bind: port {port} is not in block {self.start}..{last}")
+            if i not in self._free:
+                raise ReservationExhausted(f"bind: port {port} is in use")
+            del self._free[i]
+            return i
+        if not self._free:
+            raise ReservationExhausted(
+                f"bind: every port of {self.start}..{last} is held by an open socket")
+        return self._free.popitem()[0]
+
+    def _collect(self) -> None:
+        """Hold again the ports of the user's own sockets that were closed.
+
+        Costs a look at each such socket still open (sockets made by
+        socket() report their close themselves), and a bind per lost port.
+        """
+        for i, ref in list(self._lent.items()):
             user = ref()
             if user is not None and user.fileno() != -1:
                 continue
-            if self._fds[i] >= 0:  # the holder kept beside the user's socket
-                os.close(self._fds[i])
-                self._fds[i] = -1
-            if _hold(self.protocol.socket_type, self.start + i, 1, one)[0] == 1:
-                self._fds[i] = one[0]
-                self._free.append(i)
-                del self._users[i]
-        self._free.sort(reverse=True)
+            del self._lent[i]
+            if self._fds[i] >= 0:  # the UDP holder kept beside it
+                self._free[i] = None
+            else:
+                self._lost.add(i)
+        for i in list(self._lost):
+            try:
+                calls.rehold(self.family, self.protocol.socket_type, self.start + i,
+                             self._fds, i)
+            except OSError:
+                continue  # taken in between, or TIME_WAIT without SO_REUSEADDR: later
+            self._lost.discard(i)
+            self._free[i] = None
 
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
+    def socket(self, family: int | None = None, host: str = "", port: int = 0) -> Socket:
+        """A socket bound to ``port`` of the block (any free one if 0).
+
+        For the holders' family on the wildcard address (``family=None``) it
+        is the holder itself: no hand-off at all, and its close() gives the
+        port back through readopt() with no window.  Otherwise a new socket
+        (dual-stack if AF_INET6) bound through take().  Raises
+        InvalidParameter (released, bad host) or ReservationExhausted.
+        """
+        if family is None:
+            family = _family_for(host, self.family)
+        type_ = self.protocol.socket_type
+        if family != self.family or host not in _WILDCARD[family]:
+            try:
+                sock = socket.socket(family, type_)
+            except OSError as exc:  # no descriptor left
+                raise _errors.from_errno(exc.errno, "Reservation.socket") from None
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                self.take(sock, host, port)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        with _signals_held():
+            with self._lock:
+                i = self._pick(port)
+                if type_ == socket.SOCK_DGRAM:
+                    try:
+                        calls.open_input(self._fds[i], _udp_rcvbuf())
+                    except OSError as exc:
+                        fd, self._fds[i] = self._fds[i], -1
+                        self._readopt(self.start + i, fd, True)  # deaf again, and free
+                        raise _errors.from_errno(exc.errno, "Reservation.socket") from None
+                sock = _HeldSocket(family, type_, 0, self._fds[i])
+                self._fds[i] = -1  # the socket object owns the holder from here
+                sock._block, sock._port = self, self.start + i
+                self._out[i] = weakref.ref(sock)
+            return sock
+
+    def readopt(self, port: int, fd: int, reset_options: bool = True) -> None:
+        """Take back ``fd`` as the holder of ``port``, never unbinding the port.
+
+        ``fd`` is a socket that holds ``port`` for this block: a holder handed
+        out by socket() (its close() calls this) or one lent elsewhere, e.g.
+        to a child process that has exited.  The block owns ``fd`` from the
+        call on, whatever happens.  The socket stops listening and forgets
+        any peer (connect(AF_UNSPEC)); its reuse options and device binding
+        are cleared, a UDP one drops input again; ``reset_options`` also puts
+        every option the hand-off copies back to a fresh holder's value.  A
+        TCP socket with a connection cannot be undone without resetting the
+        peer: a new holder is bound beside it first, then it is closed
+        (graceful close, its TIME_WAIT barred to others).  On a released
+        block ``fd`` is simply closed.
+        """
+        with _signals_held(), self._lock:
+            self._readopt(port, fd, reset_options)
+
+    def _readopt(self, port: int, fd: int, reset_options: bool) -> None:
+        i = port - self.start
+        self._out.pop(i, None)
+        self._lent.pop(i, None)
+        if self.closed or not 0 <= i < self.count or self._fds[i] >= 0:
+            os.close(fd)  # released, or not a port this block gave out
+            return
+        self._fds[i] = fd
+        try:
+            calls.readopt(fd, reset_options)
+        except OSError:
+            self._fds[i] = -1
+            try:
+                calls.hold_beside(fd, self.family, self.protocol.socket_type, port,
+                                  self._fds, i)
+            except OSError:
+                self._lost.add(i)  # bound again at the next call if it can be
                 return
-            self.closed = True
-            calls.close_all(self._fds, self.count)
+            finally:
+                os.close(fd)
+        self._free[i] = None
+
+    def _returned_closed(self, port: int) -> None:
+        """A handed-out holder was really closed (shared with a forked child)."""
+        i = port - self.start
+        with _signals_held(), self._lock:
+            self._out.pop(i, None)
+            if not self.closed:
+                self._lost.add(i)
+                self._collect()
+
+    def _given_away(self, port: int) -> None:
+        """A handed-out holder was detached: its port is the user's for good."""
+        with self._lock:
+            self._out.pop(port - self.start, None)
+
+    def take(self, sock: Socket, host: str, port: int = 0) -> int:
+        """Hand a port of the block (``port``, or any if 0) to the user's ``sock``."""
+        if sock.getsockname()[1]:
+            raise InvalidParameter(f"bind: {sock!r} is already bound")
+        packed = _args.host_address("bind", sock.family, host)
+        with _signals_held(), self._lock:
+            i = self._pick(port)
+            port = self.start + i
+            fd = self._fds[i]
+            try:
+                self._handoff(i, fd, sock, host, packed, port)
+            except BaseException:
+                if self._fds[i] >= 0:
+                    self._free[i] = None
+                else:
+                    self._lost.add(i)
+                raise
+            self._lent[i] = weakref.ref(sock)
+            return port
+
+    def _handoff(self, i: int, fd: int, sock: Socket, host: str, packed: bytes,
+                 port: int) -> None:
+        try:
+            # The descriptor swap needs the holder's exact socket: same
+            # family, wildcard address and (for IPv6) dual-stack.
+            if (sock.family == self.family and host in _WILDCARD[self.family]
+                    and not (self.family == socket.AF_INET6 and
+                             sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))):
+                self._fds[i] = -1  # handoff_dup consumes it
+                try:
+                    calls.handoff_dup(fd, sock.fileno())
+                except OSError:
+                    self._fds[i] = fd
+                    # It may have taken some of the user's options.
+                    calls.readopt(fd, True)
+                    raise
+                return
+            calls.handoff_reuseport(fd, sock.fileno(), sock.family, packed, port, _PRIVATE_UID)
+            if sock.type == socket.SOCK_STREAM:
+                # TCP's listen() checks the port again and would find the
+                # holder in its way; a UDP holder stays, closing the port's
+                # other addresses.
+                self._fds[i] = -1
+                os.close(fd)
+                _clear_bind_cache(port)
+        except OSError as exc:
+            where = f"{host!r} port {port}" if host else f"port {port}"
+            raise _errors.from_errno(exc.errno, f"bind to {where}") from None
+
+    def close(self) -> bool:
+        """Release the block; False if it was already released."""
+        with _signals_held(), self._lock:
+            if self.closed:
+                return False
+            self._close_fds()
         with _lock:
             _blocks.pop(self.token, None)
+        return True
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
-            calls.close_all(self._fds, self.count)
+            self._close_fds()
 
-    # Lending ports to a child process (Reservation.popen).  give_back() is
-    # written against what a holder can go through in a child; the engine's
-    # re-adopt primitive (issue 11) is meant to take its place.
+    # Lending ports to a child process (Reservation.popen, _child.py).
 
     def lend(self, release: bool) -> list[tuple[int, int]]:
-        """Lend every held port to a child about to start: ``[(port, holder fd)]``.
+        """Lend every free port to a child about to start: ``[(port, holder fd)]``.
 
-        The ports leave the free list until give_back().  With ``release``
-        the holders are closed now (the child binds the ports itself, with a
-        window) and the list has fd -1."""
-        with self._lock:
+        The block keeps its copy of each holder (the child inherits another),
+        so the port stays bound whatever the child does; the ports leave the
+        free list until give_back().  With ``release`` the holders are closed
+        now instead (the child binds the ports itself, with a window) and the
+        list has fd -1.  InvalidParameter on a released block.
+        """
+        with _signals_held(), self._lock:
             if self.closed:
                 raise InvalidParameter(f"popen: reservation {self.token} was released")
-            self._reclaim()
+            self._collect()
             lent = sorted(self._free)
             self._free.clear()
             if release:
                 for i in lent:
-                    os.close(self._fds[i])
-                    self._fds[i] = -1
+                    fd, self._fds[i] = self._fds[i], -1
+                    os.close(fd)
             return [(self.start + i, self._fds[i]) for i in lent]
 
     def give_back(self, ports: list[int]) -> None:
-        """The child that borrowed ``ports`` has exited: hold them again."""
-        with self._lock:
+        """The child that borrowed ``ports`` has exited: each holder becomes
+        the block's again (readopt: the port never unbound), or, if it was
+        closed for the child, the port is held anew when it can be."""
+        with _signals_held(), self._lock:
             if self.closed:
                 return
             for port in ports:
                 i = port - self.start
-                self._fds[i] = _readopt(self._fds[i], self.protocol, port)
-                if self._fds[i] >= 0:
-                    self._free.append(i)
-            self._free.sort(reverse=True)
+                fd, self._fds[i] = self._fds[i], -1
+                if fd >= 0:
+                    self._readopt(port, fd, True)
+                else:
+                    self._lost.add(i)
+            self._collect()
 
 
-def _packed(family: int, host: str) -> bytes:
-    if not host:
-        return bytes(16 if family == socket.AF_INET6 else 4)
+class _HeldSocket(socket.socket):
+    """The holder itself, handed out by Block.socket(): closing it (close(),
+    ``with``, or the garbage collector) gives it back to its block, which
+    takes it as the port's holder again (Block.readopt).  detach() gives the
+    port to the caller for good."""
+
+    __slots__ = ("_block", "_port", "_dirty", "_shared")
+    _block: Block | None
+    _port: int
+    _dirty: bool
+    _shared: bool
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = 0,
+                 fileno: int | None = None) -> None:
+        # As socket.socket's (dup() makes one): a copy belongs to no block.
+        self._block, self._port, self._dirty, self._shared = None, 0, False, False
+        super().__init__(family, type, proto, fileno)
+
+    def setsockopt(self, *args) -> None:
+        self._dirty = True  # readopt() then resets the options to a holder's
+        super().setsockopt(*args)
+
+    def detach(self) -> int:
+        block = getattr(self, "_block", None)
+        self._block = None
+        if block is not None:
+            block._given_away(self._port)
+        return super().detach()
+
+    def _real_close(self, _ss=_socket.socket) -> None:
+        block = getattr(self, "_block", None)
+        self._block = None
+        if block is None:
+            _ss.close(self)
+            return
+        if getattr(self, "_shared", False):
+            # A forked child may use it: really close it; the block binds the
+            # port again at once.
+            _ss.close(self)
+            block._returned_closed(self._port)
+            return
+        with _signals_held(), block._lock:
+            block._readopt(self._port, _ss.detach(self), self._dirty)
+
+    def __del__(self) -> None:
+        # Collected while still open: back to the block at its next call
+        # (never here: the collector may run while the block's lock is held).
+        block = getattr(self, "_block", None)
+        self._block = None
+        if block is None or _socket.socket.fileno(self) == -1:
+            _socket.socket.close(self)
+            return
+        if block.closed:
+            _socket.socket.close(self)
+            return
+        with _signals_held():
+            block._dropped.append((self._port, _socket.socket.detach(self)))
+
+
+def _family_for(host: str, default: int) -> int:
+    """family=None: the holders' family, unless ``host`` is only IPv4."""
+    if host and ":" not in host:
+        try:
+            socket.inet_pton(socket.AF_INET, host)
+            return socket.AF_INET
+        except OSError:
+            pass
+        try:
+            socket.getaddrinfo(host, None, default)
+        except (OSError, UnicodeError):
+            return socket.AF_INET  # a name with no address of the holders' family
+    return default
+
+
+_rcvbuf: list[int] = []
+
+
+def _udp_rcvbuf() -> int:
+    """A fresh UDP socket's receive buffer, as setsockopt takes it."""
+    if not _rcvbuf:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            size = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        _rcvbuf.append(size // 2 if _LINUX else size)  # Linux reports it doubled
+    return _rcvbuf[0]
+
+
+def _check_persistent(protocol: Protocol, start: int, count: int) -> None:
+    """A specific runtime request must not overlap ports in the kernel's
+    ip_local_reserved_ports, where persistent reservations live."""
     try:
-        return socket.inet_pton(family, host)
-    except OSError:
-        info = socket.getaddrinfo(host, None, family)
-        return socket.inet_pton(family, str(info[0][4][0]))
+        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+            text = f.read()
+    except OSError:  # no /proc (a sandbox): no persistent reservations either
+        return
+    last = start + count - 1
+    for lo, hi in parse_port_list(text):
+        if lo <= last and start <= hi:
+            raise _errors.ReservationConflict(
+                f"reserve: {protocol.value.upper()} ports {start}..{last} overlap the "
+                f"persistent reservation (ip_local_reserved_ports) {lo}..{hi}")
 
 
-_WILDCARD = {socket.AF_INET6: ("", "::"), socket.AF_INET: ("", "0.0.0.0")}
+# After a SO_REUSEPORT hand-off Linux's bind bucket remembers that bind
+# (tb->fastreuseport, with its uid and address: inet_csk_update_fastreuse)
+# and lets a later SO_REUSEPORT bind by the same uid onto that address skip
+# the conflict check, whatever the flags say now.  Any bind of the port
+# without SO_REUSEPORT resets it: one on a loopback address the user's
+# socket does not cover, closed at once.
+_CACHE_RESETTERS = ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.255.255.254"),
+                    (socket.AF_INET, "127.255.255.253"))
+
+
+def _clear_bind_cache(port: int) -> None:
+    for family, host in _CACHE_RESETTERS:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind((host, port))
+                return
+        except OSError:
+            continue
+    raise NotSupported(f"bind to port {port}: no loopback address is free to reset the "
+                       f"kernel's SO_REUSEPORT cache")
+
+
+_WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
+                                         socket.AF_INET: ("", "0.0.0.0")}
 # Owner of both sockets during a SO_REUSEPORT hand-off on Linux, when we may
 # chown sockets (root): a uid no process runs as, so nobody can join that bind
 # through Linux's bind-bucket cache (see pr_handoff_reuseport).
 _PRIVATE_UID = 2**31 - 2 if _LINUX and os.geteuid() == 0 else -1
 
+# Every block ever made and not yet collected, for fork (registered before it
+# holds anything).
+_every_block: weakref.WeakSet[Block] = weakref.WeakSet()
 
-def _handoff(holder: int, sock: socket.socket, host: str, port: int) -> bool:
-    """Give the holder's port to ``sock``; True if the holder is gone."""
-    try:
-        # The descriptor swap needs the holder's exact socket: same family,
-        # wildcard address and (for IPv6) dual-stack.
-        if (sock.family == _family and host in _WILDCARD[_family]
-                and not (_family == socket.AF_INET6 and
-                         sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))):
-            calls.handoff_dup(holder, sock.fileno())
-            return True
-        calls.handoff_reuseport(holder, sock.fileno(), sock.family,
-                                _packed(sock.family, host), port, _PRIVATE_UID)
-        if sock.type == socket.SOCK_STREAM:
-            # TCP's listen() checks the port again and would find the holder
-            # in its way; a UDP holder stays, closing the other addresses.
-            os.close(holder)
-            return True
-        return False
-    except OSError as exc:
-        raise _errors.from_errno(exc.errno, f"bind to port {port}") from None
+
+def _after_fork_in_child() -> None:
+    """A forked child holds nothing of its parent's runtime reservations."""
+    global _lock, _MAIN_THREAD
+    _lock = threading.Lock()  # another thread may have held it at fork time
+    _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
+    for block in list(_every_block):
+        block._lock = threading.Lock()
+        if not block.closed:
+            block._close_fds()
+    _blocks.clear()
+
+
+def _after_fork_in_parent() -> None:
+    # Holders handed out before the fork may now be used by the child too:
+    # closing them in the parent must really close them, not undo their
+    # listen() under the child.
+    for block in list(_every_block):
+        for ref in list(getattr(block, "_out", {}).values()):
+            sock = ref()
+            if sock is not None:
+                sock._shared = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child,
+                    after_in_parent=_after_fork_in_parent)
 
 
 # The engine interface (see _engine.py).  Arguments are checked by the caller.
@@ -346,15 +755,17 @@ def release(sock: socket.socket, token: int) -> None:
         raise InvalidParameter(
             f"release_port_reservation: token {token} is not a reservation held by {sock!r}")
     assert block.finalizer is not None
+    if not block.close():  # another thread released it first
+        raise InvalidParameter(
+            f"release_port_reservation: token {token} was already released")
     block.finalizer.detach()
-    block.close()
 
 
 def _protocol_of(sock: socket.socket) -> Protocol:
     return Protocol.TCP if sock.type == socket.SOCK_STREAM else Protocol.UDP
 
 
-def _resolve(token: int, call: str):
+def _resolve(token: int, call: str) -> _AnyBlock:
     block = _blocks.get(token)
     if block is None and _LINUX:
         block = _persistent().block_for_token(token)
@@ -374,14 +785,16 @@ def associate(sock: socket.socket, token: int) -> None:
         # Linux 6.3+: a plain bind((host, 0)) or connect() on this socket can
         # only pick a port of the block (all held, so it fails) - never one
         # outside it.
-        calls.set_local_port_range(sock.fileno(), block.start, block.start + block.count - 1)
+        with _signals_held():  # the ctypes layer wraps the user's descriptor meanwhile
+            calls.set_local_port_range(sock.fileno(), block.start,
+                                       block.start + block.count - 1)
     except OSError as exc:
         if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
             raise _errors.from_errno(exc.errno, "associate_port_reservation") from None
     _associated[sock] = token
 
 
-def bind_associated(sock: socket.socket, address) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     token = _associated.get(sock)
     if token is None:
         sock.bind(address)
@@ -392,80 +805,42 @@ def bind_associated(sock: socket.socket, address) -> None:
 
 def bind_token(sock: socket.socket, token: int, host: str) -> int:
     associate(sock, token)
-    bind_associated(sock, (host, 0))
+    try:
+        bind_associated(sock, (host, 0))
+    except BaseException:
+        # A failed call changes nothing: not associated, no port range.
+        _associated.pop(sock, None)
+        try:
+            with _signals_held():
+                calls.set_local_port_range(sock.fileno(), 0, 0)
+        except OSError:
+            pass
+        raise
     return sock.getsockname()[1]
 
 
-def _persistent():
+def _persistent() -> ModuleType:
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
-    from . import _persistent
-    return _persistent
+    return _store
 
 
-def create_persistent(protocol, start, count):
+def create_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().create(protocol, start, count)
 
 
-def delete_persistent(protocol, start, count):
+def delete_persistent(protocol: Protocol, start: int, count: int) -> None:
     _persistent().delete(protocol, start, count)
 
 
-def lookup_persistent(protocol, start, count):
+def lookup_persistent(protocol: Protocol, start: int, count: int) -> int:
     return _persistent().lookup(protocol, start, count)
 
 
-def list_persistent(protocol):
+def list_persistent(protocol: Protocol | None) -> list[PersistentReservation]:
     return _persistent().list_all(protocol)
 
 
-def restore():
+def restore() -> list[PersistentReservation]:
     return _persistent().restore()
-
-
-# A classic BPF program of one instruction, "return 0": drop every datagram.
-_SO_ATTACH_FILTER = 26
-_DROP_INSN = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0), 8)
-_DROP_ALL = struct.pack("HxxxxxxP", 1, ctypes.addressof(_DROP_INSN))
-
-
-def _hold_one(protocol: Protocol, port: int) -> int:
-    one = calls.new_fds(1)
-    return one[0] if _hold(protocol.socket_type, port, 1, one)[0] == 1 else -1
-
-
-def _readopt(fd: int, protocol: Protocol, port: int) -> int:
-    """Make a holder lent to a child (or -1: closed before it started) a
-    plain holder again; return the descriptor that now holds ``port``, or -1
-    if it could not be held."""
-    if fd < 0:
-        return _hold_one(protocol, port)
-    sock = socket.socket(fileno=fd)
-    try:
-        for opt in (socket.SO_REUSEADDR, socket.SO_REUSEPORT):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 0)
-        if protocol is Protocol.UDP:
-            if _LINUX:
-                sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _DROP_ALL)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
-            return sock.detach()
-        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            return sock.detach()
-        # The child listened on it.  shutdown() would stop that but lets go
-        # of a port the kernel chose for bind(0), so a fresh holder joins
-        # the port first (the SO_REUSEPORT hand-off) and this one is closed.
-        fresh = socket.socket(_family, socket.SOCK_STREAM)
-        try:
-            if _family == socket.AF_INET6:
-                fresh.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            calls.handoff_reuseport(fd, fresh.fileno(), _family, _packed(_family, ""),
-                                    port, _PRIVATE_UID)
-        except OSError:
-            fresh.close()
-            return sock.detach()  # still listening, but the port stays ours
-        sock.close()
-        return fresh.detach()
-    except OSError:
-        sock.close()
-        return _hold_one(protocol, port)

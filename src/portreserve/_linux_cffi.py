@@ -11,22 +11,26 @@ import sys
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import os
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._pr_cffi import ffi, lib
 
+if TYPE_CHECKING:
+    from ._interfaces import Fds
 
-def _raise(err: int):
+
+def _raise(err: int) -> NoReturn:
     raise OSError(err, os.strerror(err))
 
 
-def new_fds(count: int):
+def new_fds(count: int) -> Fds:
     """An int array for ``count`` descriptors, each -1."""
     fds = ffi.new("int[]", count)
     ffi.memmove(fds, b"\xff" * (4 * count), 4 * count)
     return fds
 
 
-def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]:
+def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int, int]:
     """Holders for start..start+count-1 into fds; (ports held, errno)."""
     err = ffi.new("int *")
     n = lib.pr_hold(family, type, start, count, fds, err)
@@ -41,16 +45,26 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
     return out[0], port
 
 
-def close_all(fds, count: int) -> None:
+def close_all(fds: Fds, count: int) -> None:
     lib.pr_close_all(fds, count)
 
 
-def bound_ports(protocol: int) -> bytearray:
-    taken = bytearray(65536)
+def bound_ports(protocol: int, which: int = 0, taken: bytearray | None = None) -> bytearray:
+    if taken is None:
+        taken = bytearray(65536)
     err = ffi.new("int *")
-    if lib.pr_bound_ports(protocol, ffi.from_buffer(taken), err) < 0:
+    if lib.pr_bound_ports(protocol, which, ffi.from_buffer(taken), err) < 0:
         _raise(err[0])
     return taken
+
+
+def parse_diag(buf, taken: bytearray) -> bool:
+    """One reply of a sock_diag dump into taken; True at its end (tests, fuzzing)."""
+    err = ffi.new("int *")
+    rc = lib.pr_parse_diag(ffi.from_buffer(buf), len(buf), ffi.from_buffer(taken), err)
+    if rc < 0:
+        _raise(err[0])
+    return rc == 1
 
 
 def handoff_dup(holder: int, user: int) -> None:
@@ -78,3 +92,46 @@ def port_range() -> tuple[int, int]:
     if lib.pr_port_range(out, out + 1, err) < 0:
         _raise(err[0])
     return out[0], out[1]
+
+
+def readopt(fd: int, reset_options: bool) -> None:
+    err = ffi.new("int *")
+    if lib.pr_readopt(fd, reset_options, err) < 0:
+        _raise(err[0])
+
+
+def hold_beside(fd: int, family: int, type: int, port: int, fds: Fds, index: int) -> None:
+    """A new holder of ``port`` beside ``fd``, stored straight into fds[index]."""
+    err = ffi.new("int *")
+    if lib.pr_hold_beside(fd, family, type, port, ffi.addressof(fds, index), err) < 0:
+        _raise(err[0])
+
+
+def rehold(family: int, type: int, port: int, fds: Fds, index: int) -> None:
+    """Hold ``port`` again into fds[index]."""
+    err = ffi.new("int *")
+    if lib.pr_rehold(family, type, port, ffi.addressof(fds, index), err) < 0:
+        _raise(err[0])
+
+
+def open_input(fd: int, rcvbuf: int) -> None:
+    err = ffi.new("int *")
+    if lib.pr_open_input(fd, rcvbuf, err) < 0:
+        _raise(err[0])
+
+
+def signal_state() -> Any:
+    """Room for pr_hold_signals' saved mask."""
+    return ffi.new("unsigned char[136]")
+
+
+def hold_signals(state: Any) -> None:
+    err = ffi.new("int *")
+    if lib.pr_hold_signals(state, err) < 0:
+        _raise(err[0])
+
+
+def restore_signals(state: Any) -> None:
+    err = ffi.new("int *")
+    if lib.pr_restore_signals(state, err) < 0:
+        _raise(err[0])

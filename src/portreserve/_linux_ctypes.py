@@ -20,7 +20,7 @@ and put them back.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import _socket
 import ctypes
@@ -33,6 +33,9 @@ import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
+if TYPE_CHECKING:
+    from ._interfaces import Fds
+
 _LINUX = sys.platform.startswith("linux")
 # Linux values the socket module does not name (asm-generic/socket.h, in.h).
 SO_ATTACH_FILTER = 26
@@ -41,6 +44,8 @@ SO_RCVBUFFORCE = 33
 IP_LOCAL_PORT_RANGE = 51  # Linux 6.3
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+TCPDIAG_GETSOCK = 18  # the older request, both families in one dump (TCP only)
+_TCPF_BOUND_INACTIVE = 1 << 13  # bound-only TCP sockets, Linux 6.9+ (see pr_bound_ports)
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 
@@ -53,17 +58,47 @@ _WILDCARD: dict[int, str] = {socket.AF_INET6: "::", socket.AF_INET: "0.0.0.0"}
 _DROP_ALL = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0), 8)
 _DROP_ALL_PROG = struct.pack("@HP", 1, ctypes.addressof(_DROP_ALL))
 
-# Options a user may have set on a fresh socket before binding it; the holder
-# takes them over before it replaces the user's descriptor (as the shim).
-# Names this system lacks are left out (TCP_KEEPALIVE is macOS's TCP_KEEPIDLE).
+# Options a user may set on a fresh socket before binding it; the holder takes
+# over every one whose value differs from its own (as the shim, same list).
+# Values are copied as bytes, whatever their type.  Linux numbers are written
+# out where the socket module lacks the name; elsewhere a missing name is left out.
+_IP, _UDP = socket.IPPROTO_IP, socket.IPPROTO_UDP
+_OPTIONS = {
+    _SOL: (("SO_REUSEADDR", 2), ("SO_REUSEPORT", 15), ("SO_KEEPALIVE", 9),
+           ("SO_BROADCAST", 6), ("SO_OOBINLINE", 10), ("SO_SNDBUF", 7), ("SO_RCVLOWAT", 18),
+           ("SO_LINGER", 13), ("SO_RCVTIMEO", 20), ("SO_SNDTIMEO", 21), ("SO_DONTROUTE", 5),
+           ("SO_TIMESTAMP", 29)),
+    _IP: (("IP_TOS", 1), ("IP_TTL", 2), ("IP_MULTICAST_TTL", 33), ("IP_MULTICAST_LOOP", 34),
+          ("IP_RECVTTL", 12), ("IP_RECVTOS", 13)),
+    _V6: (("IPV6_UNICAST_HOPS", 16), ("IPV6_TCLASS", 67), ("IPV6_MULTICAST_HOPS", 18),
+          ("IPV6_MULTICAST_LOOP", 19)),
+    _TCP: (("TCP_NODELAY", 1), ("TCP_MAXSEG", 2), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6),
+           ("TCP_KEEPIDLE" if _LINUX or hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE", 4)),
+}
+_LINUX_OPTIONS = {
+    _SOL: (("SO_PRIORITY", 12), ("SO_MARK", 36), ("SO_BINDTODEVICE", 25),
+           ("SO_TIMESTAMPNS", 35), ("SO_BUSY_POLL", 46), ("SO_INCOMING_CPU", 49),
+           ("SO_MAX_PACING_RATE", 47), ("SO_PASSCRED", 16), ("SO_RXQ_OVFL", 40),
+           ("SO_ZEROCOPY", 60)),
+    _IP: (("IP_FREEBIND", 15), ("IP_TRANSPARENT", 19), ("IP_MTU_DISCOVER", 10),
+          ("IP_RECVERR", 11), ("IP_PKTINFO", 8), ("IP_MULTICAST_ALL", 49), ("IP_NODEFRAG", 22),
+          ("IP_RECVORIGDSTADDR", 20)),
+    _V6: (("IPV6_RECVPKTINFO", 49), ("IPV6_RECVTCLASS", 66), ("IPV6_MTU_DISCOVER", 23), ("IPV6_RECVERR", 25), ("IPV6_FREEBIND", 78),
+          ("IPV6_TRANSPARENT", 75), ("IPV6_RECVORIGDSTADDR", 74)),
+    _TCP: (("TCP_CORK", 3), ("TCP_SYNCNT", 7), ("TCP_LINGER2", 8), ("TCP_DEFER_ACCEPT", 9),
+           ("TCP_WINDOW_CLAMP", 10), ("TCP_QUICKACK", 12), ("TCP_CONGESTION", 13),
+           ("TCP_USER_TIMEOUT", 18), ("TCP_FASTOPEN", 23), ("TCP_FASTOPEN_CONNECT", 30),
+           ("TCP_NOTSENT_LOWAT", 25), ("TCP_THIN_LINEAR_TIMEOUTS", 16)),
+    _UDP: (("UDP_CORK", 1), ("UDP_SEGMENT", 103), ("UDP_GRO", 104)),
+}
 _COPIED = tuple(
-    (level, getattr(socket, name)) for level, names in (
-        (_SOL, ("SO_REUSEADDR", "SO_REUSEPORT", "SO_KEEPALIVE", "SO_BROADCAST",
-                "SO_OOBINLINE", "SO_SNDBUF", "SO_RCVLOWAT", "SO_PRIORITY", "SO_MARK")),
-        (_V6, ("IPV6_UNICAST_HOPS", "IPV6_TCLASS")),
-        (_TCP, ("TCP_NODELAY", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT",
-                "TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE")),
-    ) for name in names if hasattr(socket, name))
+    (level, number if _LINUX else getattr(socket, name))
+    for table in ((_OPTIONS, _LINUX_OPTIONS) if _LINUX else (_OPTIONS,))
+    for level, names in table.items()
+    for name, number in names if _LINUX or hasattr(socket, name))
+_MISSING = (errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL)
+_libc = ctypes.CDLL(None, use_errno=True)
+_UNSPEC = bytes(16)  # a struct sockaddr of family AF_UNSPEC (0)
 
 
 def _raise(err: int | None) -> NoReturn:
@@ -95,6 +130,22 @@ def _open_holder(family: int, type: int) -> _socket.socket:
     return s
 
 
+def _move(s: _socket.socket, fds: Fds, index: int) -> None:
+    """Move the descriptor of ``s`` into fds[index].
+
+    Python runs signal handlers after a call returns, never between plain
+    stores: an exception from one, wherever it strikes, leaves the
+    descriptor owned by exactly one of the two.
+    """
+    fds[index] = s.fileno()
+    try:
+        s.detach()
+    except BaseException:
+        if s.fileno() != -1:  # not detached: s still owns it
+            fds[index] = -1
+        raise
+
+
 def new_fds(count: int) -> list[int]:
     """A list for ``count`` descriptors, each -1."""
     return [-1] * count
@@ -112,12 +163,11 @@ def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]
             except BaseException:
                 s.close()
                 raise
-            fds[i] = s.detach()
+            _move(s, fds, i)
     except BaseException as exc:
         # As the shim: a failed hold leaves nothing held.  Unlike the shim's
         # loop, ours can also be interrupted (KeyboardInterrupt).
-        close_all(fds, i)
-        fds[:i] = [-1] * i
+        close_all(fds, count)
         if not isinstance(exc, OSError):
             raise
         return i, exc.errno or 0
@@ -125,67 +175,119 @@ def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]
 
 
 def hold_any(family: int, type: int) -> tuple[int, int]:
-    s = _open_holder(family, type)
-    try:
-        s.bind((_WILDCARD[family], 0))
-        port = s.getsockname()[1]
-    except BaseException:
-        s.close()
-        raise
-    return s.detach(), port
+    # The kernel's choice, read from a probe, then bound explicitly (as the
+    # shim: only an explicitly bound port survives readopt()).  Until this
+    # returns the port is not reserved: a racer only costs another try.
+    for _ in range(16):
+        probe = _open_holder(family, type)
+        try:
+            probe.bind((_WILDCARD[family], 0))
+            port = probe.getsockname()[1]
+        finally:
+            probe.close()
+        s = _open_holder(family, type)
+        try:
+            s.bind((_WILDCARD[family], port))
+        except OSError as exc:
+            s.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        except BaseException:
+            s.close()
+            raise
+        return s.detach(), port
+    _raise(errno.EADDRINUSE)
 
 
 def close_all(fds, count: int) -> None:
-    for fd in fds[:count]:
+    for i in range(count):
+        fd = fds[i]
         if fd >= 0:
+            # Marked before the close: Python runs signal handlers after a
+            # call returns, never between this store and the call.
+            fds[i] = -1
             try:
                 os.close(fd)
             except OSError:  # as close(2) in the shim: nothing to do about it
                 pass
 
 
-def bound_ports(protocol: int) -> bytearray:
-    """Ports with a socket of ``protocol`` bound, any state, IPv4 and IPv6."""
+def bound_ports(protocol: int, which: int = 0, taken: bytearray | None = None) -> bytearray:
+    """Mark in ``taken`` (or a new map) the ports with a socket of ``protocol``.
+
+    IPv4 and IPv6, every state; ``which`` 1: all but TCP sockets that are
+    only bound, 2: those alone (pr_bound_ports in the shim says why).
+    """
     if not sys.platform.startswith("linux"):  # spelled out so that mypy sees it
         _raise(errno.ENOSYS)  # no sock_diag: as the shim
-    taken = bytearray(65536)
+    if taken is None:
+        taken = bytearray(65536)
+    if which == 2 and protocol != socket.IPPROTO_TCP:
+        return taken
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            _dump(nl, family, protocol, taken)
+        if protocol == socket.IPPROTO_TCP:
+            # The older inet_diag_req: one walk for IPv4 and IPv6 together.
+            states = (0xFFFFFFFF, 0xFFFFFFFF & ~_TCPF_BOUND_INACTIVE, _TCPF_BOUND_INACTIVE)[which]
+            _dump(nl, struct.pack("=IHHII 4x48xII", 76, TCPDIAG_GETSOCK,
+                                  NLM_F_REQUEST | NLM_F_DUMP, 0, 0, states, 0), taken)
+        else:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad,
+                # states, 48-byte sockid).
+                _dump(nl, struct.pack("=IHHII BBBxI48x", 72, SOCK_DIAG_BY_FAMILY,
+                                      NLM_F_REQUEST | NLM_F_DUMP, 0, 0,
+                                      family, protocol, 0, 0xFFFFFFFF), taken)
     return taken
 
 
-def _dump(nl: _socket.socket, family: int, protocol: int, taken: bytearray) -> None:
-    # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte
-    # sockid) asking for every state, TIME_WAIT included.
-    request = struct.pack("=IHHII BBBxI48x", 72, SOCK_DIAG_BY_FAMILY,
-                          NLM_F_REQUEST | NLM_F_DUMP, 0, 0,
-                          family, protocol, 0, 0xFFFFFFFF)
+def _dump(nl: _socket.socket, request: bytes, taken: bytearray) -> None:
     nl.sendto(request, (0, 0))
-    buf = bytearray(65536)  # fewer, fuller reads than the shim's 8 KiB
+    buf = bytearray(32768)  # the most the kernel puts in one reply (as the shim)
     view = memoryview(buf)
-    head = struct.Struct("=IH").unpack_from
-    sport = struct.Struct("!H").unpack_from
     while True:
         try:
             n = nl.recv_into(view)
         except InterruptedError:
             continue
-        pos = 0
-        while pos + 16 <= n:
-            length, kind = head(buf, pos)
-            if length < 16 or pos + length > n:
-                break
-            if kind == SOCK_DIAG_BY_FAMILY:
-                # inet_diag_msg: 4 bytes of family/state/timer/retrans, then
-                # the source port in network order.
-                taken[sport(buf, pos + 20)[0]] = 1
-            elif kind == NLMSG_DONE:
-                return
-            elif kind == NLMSG_ERROR:
-                error = -struct.unpack_from("=i", buf, pos + 16)[0]
-                _raise(error or errno.EPROTO)  # as the shim
-            pos += (length + 3) & ~3
+        if n == 0 or parse_diag(view[:n], taken):
+            if n == 0:
+                _raise(errno.EPROTO)
+            return
+
+
+_HEAD = struct.Struct("=IH").unpack_from
+_SPORT = struct.Struct("!H").unpack_from
+_CODE = struct.Struct("=i").unpack_from
+
+
+def parse_diag(buf, taken: bytearray) -> bool:
+    """One reply of a sock_diag dump: mark each socket's source port in taken.
+
+    True at the end of the dump, False when more replies follow; OSError
+    for an error message (its errno) or a malformed one (EPROTO).  Safe on
+    any bytes, as pr_parse_diag in the shim, which it matches result for result.
+    """
+    n, pos = len(buf), 0
+    while n - pos >= 16:
+        length, kind = _HEAD(buf, pos)
+        if length < 16 or length > n - pos:
+            _raise(errno.EPROTO)
+        if kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            if length < 20:
+                _raise(errno.EPROTO)
+            code = _CODE(buf, pos + 16)[0]
+            _raise(-code if -4096 < code < 0 else errno.EPROTO)  # only a real errno
+        if kind == SOCK_DIAG_BY_FAMILY or kind == TCPDIAG_GETSOCK:
+            # inet_diag_msg: 4 bytes of family/state/timer/retrans, then
+            # the source port in network order.
+            if length < 22:
+                _raise(errno.EPROTO)
+            taken[_SPORT(buf, pos + 20)[0]] = 1
+        pos += (length + 3) & ~3
+    return False
 
 
 def handoff_dup(holder: int, user: int) -> None:
@@ -212,28 +314,42 @@ def handoff_dup(holder: int, user: int) -> None:
     os.close(holder)
 
 
+def _applies(level: int, family: int, type: int) -> bool:
+    if level == _TCP:
+        return type == _STREAM
+    if level == _UDP:
+        return type == _DGRAM
+    if level == _V6:
+        return family == socket.AF_INET6
+    # IP options also rule an AF_INET6 socket's IPv4 traffic on Linux.
+    return _LINUX or level != _IP or family == socket.AF_INET
+
+
 def _copy_options(src: _socket.socket, dst: _socket.socket) -> None:
     type = src.getsockopt(_SOL, socket.SO_TYPE)
-    # IPv6 options fail (EOPNOTSUPP) on the AF_INET holders of a host
-    # without IPv6.  Python reads the address by its own family: 4 items
-    # for AF_INET6.
-    v6 = len(src.getsockname()) == 4
+    # Python reads the address by its own family: 4 items for AF_INET6.
+    family = socket.AF_INET6 if len(src.getsockname()) == 4 else socket.AF_INET
     for level, name in _COPIED:
-        if (level == _TCP and type != _STREAM) or (level == _V6 and not v6):
+        if not _applies(level, family, type):
             continue
-        a = src.getsockopt(level, name)
-        b = dst.getsockopt(level, name)
-        if a != b:
+        try:
+            a = src.getsockopt(level, name, 64)
+        except OSError as exc:  # an option this kernel lacks is one nobody set
+            if exc.errno in _MISSING:
+                continue
+            raise
+        if a != dst.getsockopt(level, name, 64):
             if name == socket.SO_SNDBUF and level == _SOL:
-                a = _to_set(a)
+                a = struct.pack("i", _to_set(struct.unpack("i", a)[0]))
             dst.setsockopt(level, name, a)
-    la = src.getsockopt(_SOL, socket.SO_LINGER, 8)
-    if la != dst.getsockopt(_SOL, socket.SO_LINGER, 8):
-        dst.setsockopt(_SOL, socket.SO_LINGER, la)
     if type == _DGRAM and _LINUX:
         # Undo the drop-all filter.  The value is ignored, but since Linux
         # 4.x setsockopt rejects an option shorter than an int (EINVAL).
-        dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+        try:
+            dst.setsockopt(_SOL, SO_DETACH_FILTER, 0)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # none attached (readopt's reset)
+                raise
     elif type == _DGRAM:
         # No filter here: drop what queued up while the port was held.  The
         # caller sets the file flags afterwards.
@@ -353,8 +469,12 @@ def set_local_port_range(fd: int, lo: int, hi: int) -> None:
 def port_range() -> tuple[int, int]:
     """The range the kernel picks automatic ports from."""
     if _LINUX:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = f.read().split()
+        # Plain reads, as the shim's: open() costs twice as much.
+        fd = os.open("/proc/sys/net/ipv4/ip_local_port_range", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            lo, hi = os.read(fd, 64).split()
+        finally:
+            os.close(fd)
         return int(lo), int(hi)
     libc = ctypes.CDLL(None, use_errno=True)
     out = []
@@ -365,3 +485,168 @@ def port_range() -> tuple[int, int]:
             _raise(ctypes.get_errno())
         out.append(value.value)
     return out[0], out[1]
+
+
+def _disconnect(fd: int, listening: bool = True) -> None:
+    # connect(AF_UNSPEC): Python's connect() cannot express it.  Elsewhere
+    # (XNU) it may be refused: harmless unless the socket listens.
+    if _libc.connect(fd, _UNSPEC, len(_UNSPEC)) < 0 and listening:
+        _raise(ctypes.get_errno())
+
+
+def readopt(fd: int, reset_options: bool) -> None:
+    """Make fd a holder again, keeping its port bound (as pr_readopt)."""
+    if fd < 0:
+        _raise(errno.EBADF)
+    try:
+        s = _wrap(fd)
+        try:
+            type = s.getsockopt(_SOL, socket.SO_TYPE)
+            family = socket.AF_INET6 if len(s.getsockname()) == 4 else socket.AF_INET
+            if type == _STREAM:
+                try:
+                    s.getpeername()
+                    _raise(errno.EISCONN)  # a connection cannot be undone without a reset
+                except OSError as exc:
+                    if exc.errno != errno.ENOTCONN:
+                        raise
+            reuseport = s.getsockopt(_SOL, socket.SO_REUSEPORT)
+            s.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
+            s.setsockopt(_SOL, socket.SO_REUSEPORT, 0)
+            if _LINUX and s.getsockopt(_SOL, 25, 16).strip(b"\0"):  # SO_BINDTODEVICE
+                s.setsockopt(_SOL, 25, b"")
+            if reset_options:
+                fresh = _open_holder(family, type)
+                try:
+                    _copy_options(fresh, s)
+                finally:
+                    fresh.close()
+            listening = s.getsockopt(_SOL, socket.SO_ACCEPTCONN)
+        finally:
+            s.detach()
+        _disconnect(fd, bool(listening))
+        if type == _STREAM and reuseport:
+            # Reset Linux's SO_REUSEPORT bind cache (see pr_readopt); best effort.
+            s = _wrap(fd)
+            try:
+                s.listen(1)
+            except OSError:
+                pass
+            else:
+                _disconnect(fd)
+            finally:
+                s.detach()
+        os.set_blocking(fd, True)
+        if type == _DGRAM:
+            h = _wrap(fd)
+            try:
+                if _LINUX:
+                    h.setsockopt(_SOL, SO_ATTACH_FILTER, _DROP_ALL_PROG)
+                h.setsockopt(_SOL, socket.SO_RCVBUF, 1)
+                for _ in range(65536):  # what queued up before the filter
+                    h.recv(1, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            finally:
+                h.detach()
+    except OSError as exc:
+        _raise(exc.errno)
+
+
+def hold_beside(fd: int, family: int, type: int, port: int, fds: Fds,
+                index: int) -> None:
+    """A new holder of ``port`` beside ``fd``, into fds[index] (as pr_hold_beside)."""
+    if fd < 0:
+        _raise(errno.EBADF)
+    u = _wrap(fd)
+    try:
+        had = u.getsockopt(_SOL, socket.SO_REUSEADDR)
+        h = _open_holder(family, type)
+        try:
+            h.setsockopt(_SOL, socket.SO_REUSEADDR, 1)
+            u.setsockopt(_SOL, socket.SO_REUSEADDR, 1)
+            h.bind((_WILDCARD[family], port))
+            h.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
+        except BaseException:
+            h.close()
+            raise
+        finally:
+            _quietly(u.setsockopt, _SOL, socket.SO_REUSEADDR, had)
+        _move(h, fds, index)
+    except OSError as exc:
+        _raise(exc.errno)
+    finally:
+        u.detach()
+
+
+def rehold(family: int, type: int, port: int, fds: Fds, index: int) -> None:
+    """Hold ``port`` again into fds[index] (as pr_rehold, which explains it)."""
+    h = _open_holder(family, type)
+    try:
+        try:
+            h.bind((_WILDCARD[family], port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or type != _STREAM:
+                raise
+            h.setsockopt(_SOL, socket.SO_REUSEADDR, 1)
+            h.bind((_WILDCARD[family], port))
+            h.listen(1)
+            h.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
+            _disconnect(h.fileno())
+    except OSError as exc:
+        h.close()
+        _raise(exc.errno)
+    except BaseException:
+        h.close()
+        raise
+    _move(h, fds, index)
+
+
+def open_input(fd: int, rcvbuf: int) -> None:
+    """Undo a UDP holder's deafness for the user it is handed to (as pr_open_input)."""
+    if fd < 0:
+        _raise(errno.EBADF)
+    s = _wrap(fd)
+    try:
+        if _LINUX:
+            s.setsockopt(_SOL, SO_DETACH_FILTER, 0)  # an int, as in _copy_options
+        else:
+            try:
+                for _ in range(65536):  # what queued up while the port was held
+                    s.recv(1, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        s.setsockopt(_SOL, socket.SO_RCVBUF, rcvbuf)
+    except OSError as exc:
+        _raise(exc.errno)
+    finally:
+        s.detach()
+
+
+_SIG_BLOCK, _SIG_SETMASK = (0, 2) if _LINUX else (1, 3)
+_ALL = ctypes.create_string_buffer(b"\xff" * 128, 128)  # sigfillset, as far as it matters
+
+
+def signal_state() -> Any:
+    """Room for hold_signals' saved mask: a flag byte, then the mask (as the shim)."""
+    return ctypes.create_string_buffer(136)
+
+
+def hold_signals(state: Any) -> None:
+    # In three steps, each leaving ``state`` right for restore_signals()
+    # whenever a handler's exception strikes: read the mask, mark it saved,
+    # block (the mask saved is the one before).
+    mask = ctypes.byref(state, 8)
+    if _libc.sigprocmask(_SIG_BLOCK, None, mask) < 0:
+        _raise(ctypes.get_errno())
+    state[0] = b"\1"
+    if _libc.sigprocmask(_SIG_BLOCK, _ALL, None) < 0:
+        _raise(ctypes.get_errno())
+
+
+def restore_signals(state: Any) -> None:
+    if state[0] == b"\0":
+        return
+    if _libc.sigprocmask(_SIG_SETMASK, ctypes.byref(state, 8), None) < 0:
+        _raise(ctypes.get_errno())
+    state[0] = b"\0"

@@ -1,498 +1,76 @@
 """Overlapped (asynchronous) reservation calls and completion ports.
 
-How completion works
---------------------
-On Windows an overlapped WSAIoctl returns WSA_IO_PENDING at once and the
-outcome arrives later, as a packet on an I/O completion port carrying the key
-the caller chose.  The caller learns outcomes by dequeuing packets, and may
-ask for an abort with CancelIoEx - only a request: an operation that already
-took effect completes normally ("too late to cancel"), and closing the socket
-ends whatever is still pending on it with WSA_OPERATION_ABORTED.  The
-reference pages recommend this form because these IOCTLs may block even on
-non-blocking sockets.
-
-We keep that model, and Python owns all of its state:
-
-* An operation is an ``Overlapped``, a concurrent.futures.Future.  It
-  finishes exactly once - result, error or cancelled - and at that moment,
-  not before, a ``Completion(key, op)`` is queued on its completion port (if
-  it has one).  So whatever happens (success, failure, cancel, socket closed,
-  port closed) a consumer draining the port sees each key exactly once, and
-  every op it sees is already done.
-* From submission until it has finished, the operation and what it uses (the
-  socket, the call) are kept alive by Python: the work queue holds the op and
-  the op holds the socket.  The Windows layer must do the same with the
-  WSAOVERLAPPED and its buffers: keep them in a dict keyed by the OVERLAPPED
-  address until the packet has been dequeued, as trio does - the kernel may
-  write to them until then.
-
-Linux has no asynchronous form of these calls (it has no reservation call at
-all: a reservation is a set of holder sockets, see _linux.py), so the layer
-below gives the same model with threads:
-
-* A CompletionPort is a queue of completions plus a pipe that is readable
-  exactly while the queue is not empty, so select/selectors/asyncio can wait
-  on it.
-* Each port owns a small pool of worker threads (the IOCP's "concurrency"),
-  started when work arrives and ended when idle or at close(); operations
-  without a port use a module-wide pool.  The engine's sync calls release the
-  GIL inside the C shim, so a 10,000-port reservation does not hold up other
-  Python threads.
-* Whether cancel() wins is decided by one state change of the Future: a worker
-  starts an operation only through set_running_or_notify_cancel(), so
-  cancel() before that returns True and the operation never touches the
-  system; after it, cancel() returns False and the operation completes
-  normally.  That is CancelIoEx's "too late" case, made exact.
-* A socket closed before its operation ran, and a port closed with operations
-  pending, end them with OperationAborted, as closesocket and closing the
-  completion port do on Windows.  close() then waits for the operations
-  already running (short, and not interruptible) and joins the threads, so
-  nothing is left behind.
-
-Where Windows slots in: ``Overlapped``, ``Completion``, the argument checks and
-the public functions are platform-free.  ``_Workers`` and the pipe-signalled queue of
-``CompletionPort`` are the submission layer; on win32 _overlapped_windows.py
-replaces them (overlapped WSAIoctl, a real I/O completion port, CancelIoEx,
-through the C engine): the public functions hand their checked arguments to
-it, and ``CompletionPort`` is its class.  There cancel() calls CancelIoEx and
-then waits for the operation's outcome, so that its answer is truthful.
-``_start`` (Python callables in worker threads, for aio.reserve) stays on
-this layer everywhere, without a port on Windows.
+The public calls check their arguments and hand them to this system's
+overlapped engine, chosen once here (the model and the engines are described
+in _overlapped_types.py): _overlapped_iocp.py on Windows, worker threads
+(_overlapped_threads.py) elsewhere; both keep ``OverlappedEngine`` of
+_interfaces.py.  ``CompletionPort`` is that engine's class.
 """
 
 from __future__ import annotations
 
-import abc
-import atexit
-import os
 import socket
 import sys
-import threading
-import weakref
-from collections import deque
-from concurrent.futures import Future
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-from . import _args
-from ._engine import engine
-from ._errors import InvalidParameter, OperationAborted
+from . import _args, _overlapped_threads
+from ._interfaces import OverlappedEngine
+from ._overlapped_types import Completion, Overlapped, T
 from ._records import PortReservationInstance
 
-# A worker with nothing to do for this long exits; the next operation starts
-# a new one.  Long enough that a burst of operations reuses threads.
-_IDLE_SECONDS = 1.0
+if sys.platform == "win32":
+    from . import _overlapped_iocp as _impl
+else:
+    from . import _overlapped_threads as _impl
+
+# A module as a Protocol instance: mypy checks every member's signature here.
+overlapped_engine: OverlappedEngine = _impl
+CompletionPort = _impl.CompletionPort
+
+__all__ = ["Completion", "CompletionPort", "Overlapped", "acquire_port_reservation_overlapped",
+           "release_port_reservation_overlapped", "associate_port_reservation_overlapped",
+           "call_in_thread"]
 
 
-class Completion(NamedTuple):
-    """A finished operation, as dequeued from a CompletionPort."""
-
-    key: Any
-    op: Overlapped
-
-
-def _closed(sock: socket.socket | None) -> bool:
-    return sock is not None and sock.fileno() == -1
-
-
-class Overlapped(Future):
-    """One overlapped operation (a concurrent.futures.Future).
-
-    ``cancel()`` returns True only if the operation had not started; it then
-    never touched the system.  An operation whose completion port is closed
-    before it ran, or whose socket is closed before it finished, ends with
-    OperationAborted (an acquired block is then released again).
-    """
-
-    def __init__(self, call: str = "", key: Any = 0) -> None:
-        super().__init__()
-        self.call = call
-        self.key = key
-        # (socket or None, the call, how to undo its result) until it ran.
-        self._work: tuple[socket.socket | None, Callable[[], Any],
-                          Callable[[Any], object] | None] | None = None
-
-    def _run(self) -> None:
-        """Run the operation; called by a worker thread, once."""
-        assert self._work is not None, "an operation runs once"
-        sock, fn, undo = self._work
-        self._work = None
-        if not self.set_running_or_notify_cancel():
-            return  # cancelled before it started
-        try:
-            if _closed(sock):
-                raise OperationAborted(f"{self.call}: the socket was closed")
-            result = fn()
-        except Exception as exc:
-            if _closed(sock) and not isinstance(exc, OperationAborted):
-                exc = OperationAborted(f"{self.call}: the socket was closed ({exc})")
-            self.set_exception(exc)
-            return
-        if _closed(sock):
-            # Closed while it ran: on Windows closesocket would have aborted
-            # it and dropped the socket's reservations, so undo what it did.
-            if undo is not None:
-                try:
-                    undo(result)
-                except Exception:  # the abort below is the outcome to report
-                    pass
-            self.set_exception(OperationAborted(f"{self.call}: the socket was closed"))
-        else:
-            self.set_result(result)
-
-    def _abort(self) -> None:
-        """End a queued operation with OperationAborted (its port was closed)."""
-        self._work = None
-        if self.set_running_or_notify_cancel():
-            self.set_exception(OperationAborted(f"{self.call}: the completion port was closed"))
-
-
-class _Workers:
-    """The threads that run operations: the Linux submission layer.
-
-    Queue items have ``_run()`` (in a worker) and ``_abort()`` (at close).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.closed = False
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)  # idle workers wait here only
-        self._closing: list[threading.Condition] = []  # also notified at close
-        self._queue: deque = deque()
-        self._threads: list[threading.Thread] = []  # every thread that may be alive
-        self._live = 0  # threads not yet on their way out
-        self._idle = 0  # threads waiting for work
-        _all_workers.add(self)
-
-    def submit(self, item) -> bool:
-        """Queue ``item``; False if the pool is closed."""
-        with self._cond:
-            if self.closed:
-                return False
-            self._queue.append(item)
-            if self._idle:
-                self._cond.notify()
-            if len(self._queue) > self._idle and self._live < self.limit:
-                self._threads = [t for t in self._threads if t.is_alive()]
-                # Daemon, so an idle worker never delays exit; atexit closes
-                # every pool, which joins them.
-                t = threading.Thread(target=self._work, name="portreserve-worker", daemon=True)
-                self._threads.append(t)
-                self._live += 1
-                t.start()
-        return True
-
-    def _work(self) -> None:
-        cond = self._cond
-        with cond:
-            try:
-                while True:
-                    if not self._queue:
-                        self._idle += 1
-                        cond.wait_for(lambda: self._queue or self.closed, _IDLE_SECONDS)
-                        self._idle -= 1
-                        if not self._queue:
-                            return  # idle for too long, or closed
-                    item = self._queue.popleft()
-                    cond.release()
-                    try:
-                        item._run()
-                    finally:
-                        item = None  # do not keep a finished op alive while idle
-                        cond.acquire()
-            finally:
-                self._live -= 1
-
-    def close(self) -> None:
-        """Abort what has not started, wait for what runs, join the threads."""
-        with self._cond:
-            self.closed = True
-            pending = list(self._queue)
-            self._queue.clear()
-            threads = list(self._threads)
-            for cond in [self._cond, *self._closing]:
-                cond.notify_all()
-        for item in pending:
-            item._abort()
-        me = threading.current_thread()
-        for t in threads:
-            if t is not me:  # close() from a done-callback on a worker
-                t.join()
-
-    def _after_fork(self) -> None:
-        # Threads do not survive fork(); the child starts with none.
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._closing = []
-        self._threads, self._live, self._idle = [], 0, 0
-
-
-_all_workers: weakref.WeakSet[_Workers] = weakref.WeakSet()
-_default: _Workers | None = None
-_default_lock = threading.Lock()
-
-
-def _default_workers() -> _Workers:
-    """The pool for operations without a completion port."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = _Workers(os.cpu_count() or 2)
-        return _default
-
-
-@atexit.register
-def _close_all() -> None:
-    # At exit, as when a Windows process ends: pending operations are aborted.
-    for workers in list(_all_workers):
-        workers.close()
-
-
-def _after_fork_in_child() -> None:
-    for workers in list(_all_workers):
-        workers._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _PortBase(abc.ABC):
-    """What every system's CompletionPort shares: its checks and its lifetime."""
-
-    _closed = False
-
-    @staticmethod
-    def _concurrency(value: int) -> int:
-        value = _args._int("CompletionPort", "concurrency", value)
-        if value < 0:
-            raise InvalidParameter(f"CompletionPort: concurrency {value} is negative")
-        return value or os.cpu_count() or 2
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _check_open(self, call: str) -> None:
-        if self._closed:
-            raise InvalidParameter(f"{call}: the completion port is closed")
-
-    @staticmethod
-    def _get_args(max_entries: int, timeout: float | None) -> int:
-        """get()'s checks, before it touches anything."""
-        max_entries = _args._int("CompletionPort.get", "max_entries", max_entries)
-        if max_entries < 1:
-            raise InvalidParameter(f"CompletionPort.get: max_entries {max_entries} is below 1")
-        if timeout is not None and timeout < 0:
-            raise InvalidParameter(f"CompletionPort.get: timeout {timeout} is negative")
-        return max_entries
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Abort what is pending and free the port."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class CompletionPort(_PortBase):
-    """Finished operations, queued with their keys (an I/O completion port).
-
-    ``concurrency`` is how many operations of this port may run at once
-    (NumberOfConcurrentThreads of CreateIoCompletionPort); 0 means the number
-    of processors.
-    """
-
-    def __init__(self, concurrency: int = 0) -> None:
-        self._workers = _Workers(self._concurrency(concurrency))
-        self._cond = threading.Condition()
-        self._done: deque[Completion] = deque()
-        self._fd = self._wfd = -1  # no pipe on Windows: API.md allows -1
-        self._close_fd: Callable[[], object] = lambda: None
-        if sys.platform != "win32":
-            # Invariant, kept under _cond: the pipe holds one byte exactly
-            # while _done is not empty, so its read end is readable exactly then.
-            self._fd, self._wfd = os.pipe()  # close-on-exec, as Python makes them
-            self._close_fd = weakref.finalize(self, _close_pipe, self._fd, self._wfd)
-            # Not at exit: operations aborted by _close_all may still post.
-            self._close_fd.atexit = False
-
-    @property
-    def concurrency(self) -> int:
-        return self._workers.limit
-
-    def fileno(self) -> int:
-        """A descriptor readable while completions are queued (-1 where there is none)."""
-        self._check_open("CompletionPort.fileno")
-        return self._fd
-
-    def get(self, timeout: float | None = None, max_entries: int = 64) -> list[Completion]:
-        """Up to ``max_entries`` finished operations, oldest first; [] on timeout."""
-        call = "CompletionPort.get"
-        max_entries = self._get_args(max_entries, timeout)
-        with self._cond:
-            self._check_open(call)
-            if not self._cond.wait_for(lambda: self._done or self._closed, timeout):
-                return []
-            self._check_open(call)  # closed while we waited
-            out = [self._done.popleft() for _ in range(min(max_entries, len(self._done)))]
-            if not self._done:
-                self._signal(False)
-            return out
-
-    def _signal(self, readable: bool) -> None:
-        if readable:
-            os.write(self._wfd, b"\0")
-        else:
-            os.read(self._fd, 1)
-
-    def _post(self, op: Future) -> None:
-        """Done-callback of every operation of this port: queue its completion."""
-        assert isinstance(op, Overlapped)
-        with self._cond:
-            if self._closed:
-                return  # nobody can dequeue it; the future holds the outcome
-            if not self._done:
-                self._signal(True)
-            self._done.append(Completion(op.key, op))
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Abort pending operations (OperationAborted), free threads and descriptor."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._done.clear()
-            self._cond.notify_all()  # waiters in get() raise
-        self._workers.close()
-        self._close_fd()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"fd={self._fd}"
-        return f"<CompletionPort {state} concurrency={self.concurrency}>"
-
-
-def _close_pipe(r: int, w: int) -> None:
-    os.close(r)
-    os.close(w)
-
-
-def _start(call: str, sock: socket.socket | None, fn: Callable[[], Any],
-           port: CompletionPort | None, key: Any,
-           undo: Callable[[Any], object] | None = None) -> Overlapped:
-    """Submit ``fn`` as an overlapped operation (arguments already checked)."""
-    if port is not None and not isinstance(port, CompletionPort):
-        raise TypeError(f"{call}: port must be a CompletionPort or None, "
-                        f"not {type(port).__name__}")
-    op = Overlapped(call, key)
-    op._work = (sock, fn, undo)
-    if port is None:
-        workers = _default_workers()
-    else:
-        port._check_open(call)
-        op.add_done_callback(port._post)
-        workers = port._workers
-    if not workers.submit(op):
-        raise InvalidParameter(f"{call}: the completion port is closed"
-                               if port is not None else f"{call}: the interpreter is exiting")
-    return op
+def _sock_args(call: str, sock: socket.socket) -> None:
+    _args.sock(call, sock)
+    _args.sock_protocol(call, sock)
 
 
 def acquire_port_reservation_overlapped(
         sock: socket.socket, start_port: int, number_of_ports: int, *,
-        port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
+        port: CompletionPort | None = None, key: Any = 0) -> Overlapped[PortReservationInstance]:
     """SIO_ACQUIRE_PORT_RESERVATION, overlapped; the result is a PortReservationInstance."""
     call = "acquire_port_reservation_overlapped"
-    _args.sock(call, sock)
-    _args.sock_protocol(call, sock)
+    _sock_args(call, sock)
     start_port, number_of_ports = _args.block(call, start_port, number_of_ports, wildcard=True)
-    if sys.platform == "win32":
-        return _overlapped_windows.acquire(call, sock, start_port, number_of_ports, port, key)
-
-    def acquire() -> PortReservationInstance:
-        return engine.acquire(sock, start_port, number_of_ports)
-
-    return _start(call, sock, acquire, port, key,
-                  undo=lambda instance: engine.release(sock, instance.token))
+    return overlapped_engine.acquire(call, sock, start_port, number_of_ports, port, key)
 
 
 def release_port_reservation_overlapped(
         sock: socket.socket, token: int, *,
-        port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
+        port: CompletionPort | None = None, key: Any = 0) -> Overlapped[None]:
     """SIO_RELEASE_PORT_RESERVATION, overlapped; the result is None."""
-    return _token_call("release_port_reservation_overlapped", "release", sock, token, port, key)
+    call = "release_port_reservation_overlapped"
+    _sock_args(call, sock)
+    return overlapped_engine.release(call, sock, _args.token(call, token), port, key)
 
 
 def associate_port_reservation_overlapped(
         sock: socket.socket, token: int, *,
-        port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
+        port: CompletionPort | None = None, key: Any = 0) -> Overlapped[None]:
     """SIO_ASSOCIATE_PORT_RESERVATION, overlapped; the result is None."""
-    return _token_call("associate_port_reservation_overlapped", "associate", sock, token,
-                       port, key)
+    call = "associate_port_reservation_overlapped"
+    _sock_args(call, sock)
+    return overlapped_engine.associate(call, sock, _args.token(call, token), port, key)
 
 
-def _token_call(call: str, name: str, sock: socket.socket, token: int,
-                port: CompletionPort | None, key: Any) -> Overlapped:
-    """Release or associate (``name``, as the engines call it) by token, overlapped."""
-    _args.sock(call, sock)
-    _args.sock_protocol(call, sock)
-    token = _args.token(call, token)
+def call_in_thread(call: str, fn: Callable[[], T], port: CompletionPort | None,
+                   key: Any) -> Overlapped[T]:
+    """Run a Python callable as an overlapped operation on a worker thread (aio.reserve)."""
     if sys.platform == "win32":
-        return getattr(_overlapped_windows, name)(call, sock, token, port, key)
-    fn = getattr(engine, name)
-    return _start(call, sock, lambda: fn(sock, token), port, key)
-
-
-class _Plug:
-    """See _block_workers."""
-
-    def __init__(self, workers: _Workers) -> None:
-        self.workers, self.running, self.released = workers, 0, False
-        # Its own condition on the pool's lock, so that it never takes a
-        # wake-up meant for an idle worker.
-        self.cond = threading.Condition(workers._lock)
-        workers._closing.append(self.cond)
-
-    def _run(self) -> None:
-        with self.cond:
-            self.running += 1
-            self.cond.notify_all()
-            self.cond.wait_for(lambda: self.released or self.workers.closed)
-
-    def _abort(self) -> None:
-        pass
-
-    def unblock(self) -> None:
-        with self.cond:
-            self.released = True
-            self.cond.notify_all()
-            if self.cond in self.workers._closing:
-                self.workers._closing.remove(self.cond)
-
-
-def _block_workers(port: CompletionPort) -> Callable[[], None]:
-    """Test hook: occupy every worker thread of ``port``.
-
-    Operations submitted to ``port`` afterwards stay queued - pending, not
-    started - until the returned function is called or the port is closed.
-    Returns once every worker is occupied, so tests need no sleeps.
-    """
-    workers = port._workers
-    plug = _Plug(workers)
-    for _ in range(workers.limit):
-        if not workers.submit(plug):
-            raise InvalidParameter("_block_workers: the completion port is closed")
-    with plug.cond:
-        plug.cond.wait_for(lambda: plug.running == workers.limit or workers.closed)
-    return plug.unblock
-
-
-if sys.platform == "win32":
-    # Last, because it builds on the classes above.  mypy keeps the type of
-    # the class above for the name; the Windows class has the same interface.
-    from . import _overlapped_windows
-    from ._overlapped_windows import CompletionPort  # type: ignore[assignment]
+        # An IOCP carries completions of I/O only: the Future tells the outcome.
+        if port is not None:
+            raise TypeError(f"{call}: a Python callable cannot complete on an IOCP")
+        return _overlapped_threads.submit(call, None, fn, None, key)
+    return _overlapped_threads.submit(call, None, fn, port, key)

@@ -14,7 +14,11 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import threading
+from typing import Any
+
+assert sys.platform == "win32"  # Windows only; also tells mypy to skip this module elsewhere
 
 from . import _errors
 from ._backend import calls
@@ -27,13 +31,13 @@ def _check(err: int, call: str) -> None:
         raise _errors.from_winerror(err, call)
 
 
-def _bind(sock: socket.socket, address, call: str) -> None:
+def _bind(sock: socket.socket, address: tuple[Any, ...], call: str) -> None:
     """sock.bind with its failure in the contract's classes."""
     try:
         sock.bind(address)
     except OSError as exc:
         code = getattr(exc, "winerror", None) or exc.errno or 0
-        if code == _errors.WSAEADDRINUSE and address[1] == 0:
+        if code in (_errors.WSAEADDRINUSE, _errors.WSAENOBUFS) and address[1] == 0:
             raise ReservationExhausted(
                 f"{call}: every port of the reservation is held by an open socket") from None
         raise _errors.from_winerror(code, f"{call}: bind to {address!r}") from None
@@ -93,12 +97,33 @@ def release(sock: socket.socket, token: int) -> None:
            "release_port_reservation: SIO_RELEASE_PORT_RESERVATION")
 
 
+def _bound(sock: socket.socket) -> bool:
+    try:
+        return sock.getsockname()[1] != 0
+    except OSError:  # Windows: an unbound socket has no name (WSAEINVAL)
+        return False
+
+
+def associate_error(err: int, call: str, sock: socket.socket,
+                    token: int) -> _errors.PortReservationError:
+    """The exception for SIO_ASSOCIATE_PORT_RESERVATION failing with ``err``.
+
+    The reference page names WSAEINVAL for input it does not accept.  On an
+    unbound TCP/UDP socket (both checked before the call) the only input left
+    is the token, so WSAEINVAL then means an unknown token: ReservationNotFound,
+    as on every system (see README).  On a bound socket it stays InvalidParameter.
+    """
+    return _errors.from_winerror(err, call, token=None if _bound(sock) else token)
+
+
 def associate(sock: socket.socket, token: int) -> None:
-    _check(calls.associate(sock.fileno(), token),
-           "associate_port_reservation: SIO_ASSOCIATE_PORT_RESERVATION")
+    err = calls.associate(sock.fileno(), token)
+    if err:
+        raise associate_error(err, "associate_port_reservation: SIO_ASSOCIATE_PORT_RESERVATION",
+                              sock, token)
 
 
-def bind_associated(sock: socket.socket, address) -> None:
+def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     _bind(sock, address, "bind_associated")
 
 

@@ -3,27 +3,25 @@
 Same functions as _windows_ctypes.py.  Nothing here raises for a system
 failure: each call returns the Windows code the shim captured (0 = success),
 and _windows.py turns it into the right exception.  An op is an opaque
-handle; ops returned by port_get are the same objects op_new gave (cffi
+handle; ops returned by iocp_get are the same objects op_new gave (cffi
 pointers compare and hash by address).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._pr_cffi import ffi, lib
+
+if TYPE_CHECKING:
+    from ._interfaces import Op
 
 SIO_ACQUIRE_PORT_RESERVATION = lib.pr_sio_acquire_port_reservation
 SIO_RELEASE_PORT_RESERVATION = lib.pr_sio_release_port_reservation
 SIO_ASSOCIATE_PORT_RESERVATION = lib.pr_sio_associate_port_reservation
-SIO_ADDRESS_LIST_CHANGE = lib.pr_sio_address_list_change
-NOTIFY_EVENT, NOTIFY_ROUTINE, NOTIFY_PORT = lib.PR_NOTIFY_EVENT, lib.PR_NOTIFY_ROUTINE, lib.PR_NOTIFY_PORT
+INSTANCE_SIZE = lib.pr_sizeof_instance  # INET_PORT_RESERVATION_INSTANCE, from the SDK
+NOTIFY_EVENT, NOTIFY_IOCP = lib.PR_NOTIFY_EVENT, lib.PR_NOTIFY_IOCP
 INFINITE = 0xFFFFFFFF
-
-
-def layout() -> dict[str, int]:
-    """Sizes of the structs that reach WSAIoctl, as the SDK headers have them."""
-    return {"port_range": lib.pr_sizeof_port_range, "token": lib.pr_sizeof_token,
-            "instance": lib.pr_sizeof_instance,
-            "instance_token_offset": lib.pr_offsetof_instance_token}
 
 
 def encode_port_range(start_port: int, number_of_ports: int) -> bytes:
@@ -39,6 +37,8 @@ def encode_token(token: int) -> bytes:
 
 
 def decode_instance(data: bytes) -> tuple[int, int, int]:
+    if len(data) != INSTANCE_SIZE:  # the C reads exactly that many
+        raise ValueError(f"decode_instance: {len(data)} bytes, not {INSTANCE_SIZE}")
     out = ffi.new("pr_instance *")
     lib.pr_decode_instance(data, out)
     return out.start_port, out.number_of_ports, out.token
@@ -76,20 +76,20 @@ def persistent_lookup(udp: bool, start_port: int, number_of_ports: int) -> tuple
 
 # ---- overlapped engine (the C in pr_windows.c owns the lifetimes) ----------
 
-def op_new(notify: int, code: int, in_data: bytes, out_size: int, key: int = 0):
-    """A new op, or raises MemoryError/OSError when none can be made."""
+def op_new(notify: int, code: int, in_data: bytes, out_size: int) -> Op:
+    """A new op, or raises OSError (winerror set) when none can be made."""
     err = ffi.new("uint32_t *")
-    op = lib.pr_op_new(notify, code, in_data, len(in_data), out_size, key, err)
+    op = lib.pr_op_new(notify, code, in_data, len(in_data), out_size, err)
     if op == ffi.NULL:
         raise OSError(0, "pr_op_new failed", None, err[0])
     return op
 
 
-def op_start(op, s: int) -> int:
+def op_start(op: Op, s: int) -> int:
     return lib.pr_op_start(op, s)
 
 
-def op_result(op) -> tuple[int, int] | None:
+def op_result(op: Op) -> tuple[int, int] | None:
     """(status, bytes) once the op has finished, else None."""
     out = ffi.new("uint32_t[2]")
     if lib.pr_op_result(op, out, out + 1):
@@ -97,49 +97,45 @@ def op_result(op) -> tuple[int, int] | None:
     return None
 
 
-def op_wait(op, timeout_ms: int = INFINITE) -> int:
+def op_wait(op: Op, timeout_ms: int = INFINITE) -> int:
     return lib.pr_op_wait(op, timeout_ms)
 
 
-def op_cancel(op) -> int:
+def op_cancel(op: Op) -> int:
     return lib.pr_op_cancel(op)
 
 
-def op_out(op, size: int) -> bytes:
+def op_out(op: Op, size: int) -> bytes:
     buf = ffi.new("unsigned char[]", size)
     n = lib.pr_op_out(op, buf, size)
     return ffi.buffer(buf, n)[:]
 
 
-def op_key(op) -> int:
-    return lib.pr_op_key(op)
-
-
-def op_free(op) -> None:
+def op_free(op: Op) -> None:
     lib.pr_op_free(op)
 
 
-def port_new() -> tuple[int, int]:
-    port = ffi.new("uintptr_t *")
-    err = lib.pr_port_new(port)
-    return err, port[0]
+def iocp_new() -> tuple[int, int]:
+    iocp = ffi.new("uintptr_t *")
+    err = lib.pr_iocp_new(iocp)
+    return err, iocp[0]
 
 
-def port_attach(port: int, s: int) -> int:
-    return lib.pr_port_attach(port, s)
+def iocp_attach(iocp: int, s: int) -> int:
+    return lib.pr_iocp_attach(iocp, s)
 
 
-def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list]:
+def iocp_get(iocp: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[Op]]:
     max_ops = max(1, min(max_ops, 64))
     ops = ffi.new("pr_op *[]", max_ops)
     count = ffi.new("uint32_t *")
-    err = lib.pr_port_get(port, timeout_ms, ops, max_ops, count)
+    err = lib.pr_iocp_get(iocp, timeout_ms, ops, max_ops, count)
     return err, [ops[i] for i in range(count[0])]
 
 
-def port_post(port: int) -> int:
-    return lib.pr_port_post(port)
+def iocp_post(iocp: int) -> int:
+    return lib.pr_iocp_post(iocp)
 
 
-def port_close(port: int) -> int:
-    return lib.pr_port_close(port)
+def iocp_close(iocp: int) -> int:
+    return lib.pr_iocp_close(iocp)

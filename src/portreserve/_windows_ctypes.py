@@ -14,6 +14,18 @@ import ctypes
 import struct
 import sys
 from ctypes import wintypes
+from typing import Any, Callable
+
+from ._errors import (
+    ERROR_INVALID_DATA,
+    ERROR_INVALID_FUNCTION,
+    ERROR_IO_PENDING,
+    ERROR_NOT_FOUND,
+    ERROR_PROC_NOT_FOUND,
+    WAIT_TIMEOUT,
+    WSAEINVAL,
+    WSAENOTSOCK,
+)
 
 # Windows only; this also tells mypy --platform linux to skip the rest.
 assert sys.platform == "win32"
@@ -22,23 +34,15 @@ _ws2 = ctypes.WinDLL("ws2_32", use_last_error=True)
 _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
 _iphlpapi = ctypes.WinDLL("iphlpapi", use_last_error=True)
 
-# _WSAIOW(IOC_VENDOR, 100..102) and _WSAIO(IOC_WS2, 23) of mstcpip.h / ws2def.h.
+# _WSAIOW(IOC_VENDOR, 100..102) of mstcpip.h.
 SIO_ACQUIRE_PORT_RESERVATION = 0x98000064
 SIO_RELEASE_PORT_RESERVATION = 0x98000065
 SIO_ASSOCIATE_PORT_RESERVATION = 0x98000066
-SIO_ADDRESS_LIST_CHANGE = 0x28000017
-NOTIFY_EVENT, NOTIFY_ROUTINE, NOTIFY_PORT = 0, 1, 2
+NOTIFY_EVENT, NOTIFY_IOCP = 0, 1
 INFINITE = 0xFFFFFFFF
 
-_STATUS_PENDING = 0x103
-_WSA_IO_PENDING = 997
-_WSAEINVAL = 10022
-_WSAENOTSOCK = 10038
-_WAIT_TIMEOUT = 258
+_STATUS_PENDING = 0x103  # an NTSTATUS, not an error code
 _WAIT_FAILED = 0xFFFFFFFF
-_ERROR_NOT_FOUND = 1168
-_ERROR_PROC_NOT_FOUND = 127
-_ERROR_INVALID_FUNCTION = 1
 
 # INET_PORT_RANGE {USHORT StartPort (network order); USHORT NumberOfPorts},
 # INET_PORT_RESERVATION_TOKEN {ULONG64 Token}, and the instance: range,
@@ -46,6 +50,7 @@ _ERROR_INVALID_FUNCTION = 1
 _PORT_RANGE = struct.Struct("<2sH")
 _TOKEN = struct.Struct("<Q")
 _INSTANCE = struct.Struct("<2sH4xQ")
+INSTANCE_SIZE = _INSTANCE.size
 
 
 class _OVERLAPPED(ctypes.Structure):
@@ -59,13 +64,12 @@ class _OVERLAPPED_ENTRY(ctypes.Structure):
                 ("Internal", ctypes.c_size_t), ("dwNumberOfBytesTransferred", wintypes.DWORD)]
 
 
-_ROUTINE = ctypes.WINFUNCTYPE(None, wintypes.DWORD, wintypes.DWORD, ctypes.c_void_p,
-                              wintypes.DWORD)
 _SOCKET = ctypes.c_size_t
 _LPDWORD = ctypes.POINTER(wintypes.DWORD)
 
 
-def _proto(dll, name, restype, *argtypes):
+def _proto(dll: ctypes.CDLL, name: str, restype: type[Any] | None,
+           *argtypes: type[Any]) -> Callable[..., Any]:
     fn = getattr(dll, name)
     fn.restype, fn.argtypes = restype, argtypes
     return fn
@@ -81,8 +85,6 @@ _WSAGetOverlappedResult = _proto(_ws2, "WSAGetOverlappedResult", wintypes.BOOL, 
 _CancelIoEx = _proto(_k32, "CancelIoEx", wintypes.BOOL, ctypes.c_void_p, ctypes.c_void_p)
 _WaitForSingleObject = _proto(_k32, "WaitForSingleObject", wintypes.DWORD, ctypes.c_void_p,
                               wintypes.DWORD)
-_SleepEx = _proto(_k32, "SleepEx", wintypes.DWORD, wintypes.DWORD, wintypes.BOOL)
-_GetTickCount64 = _proto(_k32, "GetTickCount64", ctypes.c_uint64)
 _CreateIoCompletionPort = _proto(_k32, "CreateIoCompletionPort", ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                                  wintypes.DWORD)
@@ -102,11 +104,6 @@ def _err() -> int:
     return ctypes.get_last_error()
 
 
-def layout() -> dict[str, int]:
-    return {"port_range": _PORT_RANGE.size, "token": _TOKEN.size,
-            "instance": _INSTANCE.size, "instance_token_offset": _INSTANCE.size - _TOKEN.size}
-
-
 def encode_port_range(start_port: int, number_of_ports: int) -> bytes:
     return _PORT_RANGE.pack(start_port.to_bytes(2, "big"), number_of_ports)
 
@@ -116,7 +113,9 @@ def encode_token(token: int) -> bytes:
 
 
 def decode_instance(data: bytes) -> tuple[int, int, int]:
-    start, count, token = _INSTANCE.unpack(bytes(data[:_INSTANCE.size]))
+    if len(data) != _INSTANCE.size:
+        raise ValueError(f"decode_instance: {len(data)} bytes, not {_INSTANCE.size}")
+    start, count, token = _INSTANCE.unpack(bytes(data))
     return int.from_bytes(start, "big"), count, token
 
 
@@ -127,6 +126,8 @@ def _ioctl(s: int, code: int, in_data: bytes, out_size: int) -> tuple[int, bytes
     if _WSAIoctl(s, code, in_buf, len(in_data), out_buf, out_size, ctypes.byref(returned),
                  None, None) != 0:
         return _err(), b""
+    if returned.value < out_size:  # a short result is not a result
+        return ERROR_INVALID_DATA, b""
     return 0, out_buf.raw if out_buf is not None else b""
 
 
@@ -144,7 +145,7 @@ def associate(s: int, token: int) -> int:
     return _ioctl(s, SIO_ASSOCIATE_PORT_RESERVATION, encode_token(token), 0)[0]
 
 
-def _persistent(verb: str, udp: bool):
+def _persistent(verb: str, udp: bool) -> Callable[..., int] | None:
     """The iphlpapi function, or None where it is not exported (Wine)."""
     name = f"{verb}Persistent{'Udp' if udp else 'Tcp'}PortReservation"
     try:
@@ -165,7 +166,7 @@ def _persistent_token(verb: str, udp: bool, start_port: int,
                       number_of_ports: int) -> tuple[int, int]:
     fn = _persistent(verb, udp)
     if fn is None:
-        return _ERROR_PROC_NOT_FOUND, 0
+        return ERROR_PROC_NOT_FOUND, 0
     token = ctypes.c_uint64()
     err = fn(_network(start_port), number_of_ports, ctypes.byref(token))
     return err, token.value if err == 0 else 0
@@ -182,7 +183,7 @@ def persistent_lookup(udp: bool, start_port: int, number_of_ports: int) -> tuple
 def persistent_delete(udp: bool, start_port: int, number_of_ports: int) -> int:
     fn = _persistent("Delete", udp)
     if fn is None:
-        return _ERROR_PROC_NOT_FOUND
+        return ERROR_PROC_NOT_FOUND
     return fn(_network(start_port), number_of_ports)
 
 
@@ -191,9 +192,9 @@ def persistent_delete(udp: bool, start_port: int, number_of_ports: int) -> int:
 class _Op:
     """One overlapped WSAIoctl: its WSAOVERLAPPED, buffers and result."""
 
-    def __init__(self, notify: int, code: int, in_data: bytes, out_size: int, key: int):
+    def __init__(self, notify: int, code: int, in_data: bytes, out_size: int):
         self.ov = _OVERLAPPED()
-        self.notify, self.code, self.key = notify, code, key
+        self.notify, self.code = notify, code
         self.in_buf = ctypes.create_string_buffer(in_data, len(in_data))
         self.in_size = len(in_data)
         self.out_buf = ctypes.create_string_buffer(max(out_size, 1))
@@ -236,28 +237,19 @@ def _consume(op: _Op) -> bool:
     return _unref(op)
 
 
-@_ROUTINE
-def _routine(error, nbytes, ov, flags):
-    op = _IN_FLIGHT.get(ov)
-    if op is not None:
-        if not op.done:  # finished at once: WSAIoctl's own result stands
-            _finish(op, error, nbytes)
-        _consume(op)
-
-
-def op_new(notify: int, code: int, in_data: bytes, out_size: int, key: int = 0) -> _Op:
-    op = _Op(notify, code, in_data, out_size, key)
+def op_new(notify: int, code: int, in_data: bytes, out_size: int) -> _Op:
+    op = _Op(notify, code, in_data, out_size)
     if notify == NOTIFY_EVENT:
         op.event = _WSACreateEvent()
         if not op.event:
             raise OSError(0, "WSACreateEvent failed", None, _err())
-        op.ov.hEvent = op.event | 1  # keeps the completion off any port
+        op.ov.hEvent = op.event | 1  # keeps the completion off any IOCP
     return op
 
 
 def op_start(op: _Op, s: int) -> int:
     if op.s is not None:
-        return _WSAEINVAL
+        return WSAEINVAL
     op.s = s
     op.ov.Internal = _STATUS_PENDING  # Wine leaves it as it finds it
     op.refs += 1
@@ -265,13 +257,24 @@ def op_start(op: _Op, s: int) -> int:
     returned = wintypes.DWORD()
     rc = _WSAIoctl(s, op.code, op.in_buf if op.in_size else None, op.in_size,
                    op.out_buf if op.out_size else None, op.out_size, ctypes.byref(returned),
-                   ctypes.byref(op.ov), _routine if op.notify == NOTIFY_ROUTINE else None)
+                   ctypes.byref(op.ov), None)
     err = 0 if rc == 0 else _err()
-    if err == _WSA_IO_PENDING:
+    if err == ERROR_IO_PENDING:
         return err
     _finish(op, err, returned.value)
     if err or op.notify == NOTIFY_EVENT:
         _consume(op)
+    return err
+
+
+def _op_status(op: _Op, nbytes: wintypes.DWORD) -> int:
+    """The Winsock status of a finished op, as the synchronous call gives it."""
+    flags = wintypes.DWORD()
+    ok = _WSAGetOverlappedResult(op.s, ctypes.byref(op.ov), ctypes.byref(nbytes), False,
+                                 ctypes.byref(flags))
+    err = 0 if ok else _err()
+    if err == WSAENOTSOCK:  # the socket was closed since: Internal has it
+        err = _internal_status(op, nbytes)
     return err
 
 
@@ -280,18 +283,14 @@ def _event_poll(op: _Op) -> bool:
         return True
     if op.ov.Internal == _STATUS_PENDING:
         return False
-    nbytes, flags = wintypes.DWORD(), wintypes.DWORD()
-    ok = _WSAGetOverlappedResult(op.s, ctypes.byref(op.ov), ctypes.byref(nbytes), False,
-                                 ctypes.byref(flags))
-    err = 0 if ok else _err()
-    if err == _WSAENOTSOCK:  # the socket was closed since: Internal has it
-        err = _internal_status(op, nbytes)
+    nbytes = wintypes.DWORD()
+    err = _op_status(op, nbytes)
     _finish(op, err, nbytes.value)
     _consume(op)
     return True
 
 
-def _internal_status(op: _Op, nbytes) -> int:
+def _internal_status(op: _Op, nbytes: wintypes.DWORD) -> int:
     """The Win32 code of a finished op (no wait, so the handle is not used)."""
     ok = _GetOverlappedResult(op.s, ctypes.byref(op.ov), ctypes.byref(nbytes), False)
     return 0 if ok else _err()
@@ -311,23 +310,13 @@ def op_wait(op: _Op, timeout_ms: int = INFINITE) -> int:
     if op.notify == NOTIFY_EVENT:
         if _WaitForSingleObject(op.event, timeout_ms) == _WAIT_FAILED:
             return _err()
-        return 0 if _event_poll(op) else _WAIT_TIMEOUT
-    if op.notify == NOTIFY_ROUTINE:
-        deadline = _GetTickCount64() + timeout_ms
-        while True:
-            left = (INFINITE if timeout_ms == INFINITE
-                    else max(0, deadline - _GetTickCount64()))
-            _SleepEx(left, True)  # alertable: queued routines run here
-            if op.consumed:
-                return 0
-            if left == 0:
-                return _WAIT_TIMEOUT
-    return _ERROR_INVALID_FUNCTION
+        return 0 if _event_poll(op) else WAIT_TIMEOUT
+    return ERROR_INVALID_FUNCTION  # IOCP ops finish through iocp_get
 
 
 def op_cancel(op: _Op) -> int:
     if op.s is None or op.done:
-        return _ERROR_NOT_FOUND
+        return ERROR_NOT_FOUND
     if not _CancelIoEx(op.s, ctypes.byref(op.ov)):
         return _err()
     return 0
@@ -335,10 +324,6 @@ def op_cancel(op: _Op) -> int:
 
 def op_out(op: _Op, size: int) -> bytes:
     return op.out_buf.raw[:min(size, op.out_size)]
-
-
-def op_key(op: _Op) -> int:
-    return op.key
 
 
 def op_free(op: _Op) -> None:
@@ -349,29 +334,36 @@ def op_free(op: _Op) -> None:
     _unref(op)
 
 
-def port_new() -> tuple[int, int]:
-    port = _CreateIoCompletionPort(ctypes.c_void_p(-1), None, 0, 0)
-    return (0, port) if port else (_err(), 0)
+def iocp_new() -> tuple[int, int]:
+    iocp = _CreateIoCompletionPort(ctypes.c_void_p(-1), None, 0, 0)
+    return (0, iocp) if iocp else (_err(), 0)
 
 
-def port_attach(port: int, s: int) -> int:
-    return 0 if _CreateIoCompletionPort(s, port, 0, 0) else _err()
+# The completion key of every socket we attach (see pr_windows.c): the
+# address of an object of ours, so nobody else picks it by chance.
+_IOCP_KEY_OWNER = ctypes.c_char()
+_IOCP_KEY = ctypes.addressof(_IOCP_KEY_OWNER)
 
 
-def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[_Op]]:
+def iocp_attach(iocp: int, s: int) -> int:
+    return 0 if _CreateIoCompletionPort(s, iocp, _IOCP_KEY, 0) else _err()
+
+
+def iocp_get(iocp: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[_Op]]:
     max_ops = max(1, min(max_ops, 64))
     entries = (_OVERLAPPED_ENTRY * max_ops)()
     got = wintypes.ULONG()
-    if not _GetQueuedCompletionStatusEx(port, entries, max_ops, ctypes.byref(got),
+    if not _GetQueuedCompletionStatusEx(iocp, entries, max_ops, ctypes.byref(got),
                                         timeout_ms, False):
         return _err(), []
     ops = []
     for entry in entries[:got.value]:
-        op = _IN_FLIGHT.get(entry.lpOverlapped)
+        # Posted by someone else: not ours to read or write.
+        op = _IN_FLIGHT.get(entry.lpOverlapped) if entry.lpCompletionKey == _IOCP_KEY else None
         if op is None:
-            continue  # posted by someone else
+            continue
         nbytes = wintypes.DWORD()
-        status = _internal_status(op, nbytes)
+        status = _op_status(op, nbytes)
         if not op.done:  # finished at once: WSAIoctl's own result stands
             _finish(op, status, nbytes.value)
         if not _consume(op):
@@ -379,10 +371,10 @@ def port_get(port: int, timeout_ms: int, max_ops: int = 64) -> tuple[int, list[_
     return 0, ops
 
 
-def port_post(port: int) -> int:
-    # No op (NULL OVERLAPPED): port_get skips it, as posted by someone else.
-    return 0 if _PostQueuedCompletionStatus(port, 0, 0, None) else _err()
+def iocp_post(iocp: int) -> int:
+    # No op (NULL OVERLAPPED): iocp_get skips it, as posted by someone else.
+    return 0 if _PostQueuedCompletionStatus(iocp, 0, 0, None) else _err()
 
 
-def port_close(port: int) -> int:
-    return 0 if _CloseHandle(port) else _err()
+def iocp_close(iocp: int) -> int:
+    return 0 if _CloseHandle(iocp) else _err()

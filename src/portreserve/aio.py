@@ -1,6 +1,6 @@
-"""asyncio forms of the runtime reservation calls (API.md section 2).
+"""asyncio forms of the runtime reservation calls (docs/API.md section 2).
 
-The work runs as overlapped operations (see _overlapped.py) on a completion
+The work runs as overlapped operations (see _overlapped_types.py) on a completion
 port that belongs to the running event loop and stays open while any aio
 operation of that loop is in flight; so the loop never blocks, and no
 thread or descriptor is left once the last operation has finished.
@@ -19,7 +19,7 @@ operation hands its outcome to the loop with call_soon_threadsafe from the
 thread that finishes it.
 
 On Windows that is a waiter thread, not the proactor, and the loop has no
-port: each operation is an event op (see _overlapped_windows.py), finished
+port: each operation is an event op (see _overlapped_iocp.py), finished
 inside WSAIoctl or by a thread waiting on its event.  Not the proactor,
 because its IOCP takes only CPython's own _overlapped objects (it drops any
 other packet), and not an IOCP of ours, because attaching the caller's
@@ -42,7 +42,7 @@ import functools
 import socket
 import sys
 import weakref
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from . import _args, _overlapped
 from ._engine import engine
@@ -55,7 +55,14 @@ __all__ = ["reserve", "acquire_port_reservation", "release_port_reservation",
            "associate_port_reservation"]
 
 
-def _settle(done: asyncio.Future, op: concurrent.futures.Future) -> None:
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    # An operation's submission: (the loop's port or None, key) -> the operation.
+    _Submit = Callable[[CompletionPort | None, Any], Overlapped[T]]
+
+
+def _settle(done: asyncio.Future[T], op: concurrent.futures.Future[T]) -> None:
     """Copy the outcome of a finished ``op`` onto the loop's future ``done``."""
     if done.done():
         return
@@ -89,10 +96,9 @@ class _LoopPort:
             if isinstance(completion.key, asyncio.Future):  # not a test hook's op
                 _settle(completion.key, completion.op)
 
-    def start(self, submit: Callable[[CompletionPort | None, Any], Overlapped]
-              ) -> tuple[Overlapped, asyncio.Future]:
+    def start(self, submit: _Submit[T]) -> tuple[Overlapped[T], asyncio.Future[T]]:
         """Submit an operation with a loop future as its key; return both."""
-        done = self.loop.create_future()
+        done: asyncio.Future[T] = self.loop.create_future()
         op = submit(self.port, done)
         if not self.watched:
             op.add_done_callback(lambda op: self.loop.call_soon_threadsafe(_settle, done, op))
@@ -113,7 +119,7 @@ _loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPort] = \
 def _loop_port() -> Iterator[_LoopPort]:
     """The running loop's completion port, kept open for the ``with`` block.
 
-    Also the tests' way to reach it (with _overlapped._block_workers).
+    Also the tests' way to reach it (with _overlapped_threads._block_workers).
     """
     loop = asyncio.get_running_loop()
     lp = _loop_ports.get(loop)
@@ -129,7 +135,7 @@ def _loop_port() -> Iterator[_LoopPort]:
             lp.close()  # every operation has finished: only idle threads to join
 
 
-async def _wait_out(done: asyncio.Future) -> None:
+async def _wait_out(done: asyncio.Future[Any]) -> None:
     """Wait until ``done`` is done, whatever cancellations arrive meanwhile."""
     while not done.done():
         try:
@@ -138,17 +144,7 @@ async def _wait_out(done: asyncio.Future) -> None:
             pass
 
 
-def _cancel_nowait(op: Overlapped) -> bool:
-    """cancel(), but never waiting: True if the operation is cancelled already."""
-    request_abort = getattr(op, "_request_abort", None)  # a Windows ioctl op
-    if request_abort is None:
-        return op.cancel()  # worker-thread ops: only a state change
-    request_abort("cancel")  # CancelIoEx; the outcome reaches ``done`` later
-    return False
-
-
-async def _run(submit: Callable[[CompletionPort | None, Any], Overlapped],
-               undo: Callable[[Any], object] | None = None) -> Any:
+async def _run(submit: _Submit[T], undo: Callable[[T], object] | None = None) -> T:
     """Run an overlapped operation; on cancellation abort it, or undo it."""
     with _loop_port() as lp:
         op, done = lp.start(submit)
@@ -157,12 +153,14 @@ async def _run(submit: Callable[[CompletionPort | None, Any], Overlapped],
             # still has to receive the outcome if the operation runs anyway.
             return await asyncio.shield(done)
         except asyncio.CancelledError:
-            if not _cancel_nowait(op):
+            # Never blocks the loop: on Windows a CancelIoEx whose outcome
+            # reaches ``done`` later; elsewhere only a state change.
+            if not op._cancel_nowait():
                 await _wait_out(done)
                 if undo is not None and not done.cancelled() and done.exception() is None:
                     result = done.result()
-                    _, undone = lp.start(lambda port, key: _overlapped._start(
-                        "undo", None, functools.partial(undo, result), port, key))
+                    _, undone = lp.start(lambda port, key: _overlapped.call_in_thread(
+                        "undo", functools.partial(undo, result), port, key))
                     await _wait_out(undone)
             raise
 
@@ -173,7 +171,7 @@ async def reserve(count: int = 1, *, start: int = 0,
     proto = _args.protocol("reserve", protocol)
     start, count = _args.block("reserve", start, count, wildcard=True)
     fn = functools.partial(_reserve, count, start=start, protocol=proto)
-    return await _run(lambda port, key: _overlapped._start("reserve", None, fn, port, key),
+    return await _run(lambda port, key: _overlapped.call_in_thread("reserve", fn, port, key),
                       undo=Reservation.close)
 
 

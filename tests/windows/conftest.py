@@ -1,5 +1,5 @@
 """Windows-only tests: run on Windows, and on Linux under Wine through
-run-under-wine.sh (see shared/docs/WINDOWS.md).  Elsewhere nothing here is
+run-under-wine.sh (see docs/windows.md).  Elsewhere nothing here is
 collected."""
 
 import sys

@@ -10,6 +10,7 @@ dist-info with METADATA, WHEEL, entry_points.txt and a RECORD of sha256s.
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import pathlib
@@ -40,9 +41,20 @@ def _metadata(project: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _version(init: pathlib.Path) -> str:
+    """``__version__`` of the package, read as setuptools' ``attr:`` reads it."""
+    for node in ast.parse(init.read_text()).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], "id", None) == "__version__"):
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"{init}: no __version__")
+
+
 def main(repo: pathlib.Path, pyd: pathlib.Path, outdir: pathlib.Path) -> pathlib.Path:
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    name, version = project["name"], project["version"]
+    name = project["name"]
+    # pyproject.toml names the version dynamic: __init__.py holds the one copy.
+    version = project["version"] = _version(repo / "src" / name / "__init__.py")
     dist_info = f"{name}-{version}.dist-info"
 
     files: dict[str, bytes] = {}

@@ -5,6 +5,7 @@ import importlib
 import inspect
 import os
 
+import pytest
 
 import portreserve
 from portreserve import Protocol
@@ -44,17 +45,18 @@ def test_both_layers_have_the_same_functions():
     assert api(cffi_layer) == api(ctypes_layer)
     # ctypes writes the control codes by hand; the shim has them from the SDK.
     for name in ("SIO_ACQUIRE_PORT_RESERVATION", "SIO_RELEASE_PORT_RESERVATION",
-                 "SIO_ASSOCIATE_PORT_RESERVATION", "SIO_ADDRESS_LIST_CHANGE",
-                 "NOTIFY_EVENT", "NOTIFY_ROUTINE", "NOTIFY_PORT", "INFINITE"):
+                 "SIO_ASSOCIATE_PORT_RESERVATION", "INSTANCE_SIZE",
+                 "NOTIFY_EVENT", "NOTIFY_IOCP", "INFINITE"):
         assert getattr(cffi_layer, name) == getattr(ctypes_layer, name), name
     assert cffi_layer.SIO_ACQUIRE_PORT_RESERVATION == 0x98000064
 
 
 def test_struct_layout(calls):
-    # The SDK's sizes (asserted at compile time in pr_windows.c) as each
-    # layer sees them.
-    assert calls.layout() == {"port_range": 4, "token": 8, "instance": 16,
-                              "instance_token_offset": 8}
+    # The SDK's sizes (checked at compile time in pr_windows.c) as each layer
+    # sees them: what goes in, and what comes out of an acquire.
+    assert calls.INSTANCE_SIZE == 16
+    assert len(calls.encode_port_range(1, 1)) == 4
+    assert len(calls.encode_token(1)) == 8
 
 
 def test_port_range_bytes(calls):
@@ -72,3 +74,27 @@ def test_token_bytes(calls):
 def test_instance_decoding(calls):
     raw = b"\xc3\x50" + b"\x04\x00" + b"\xee" * 4 + bytes.fromhex("efcdab8967452301")
     assert calls.decode_instance(raw) == (50000, 4, 0x0123456789abcdef)
+
+
+@pytest.mark.parametrize("size", [0, 8, 15, 17])
+def test_instance_decoding_refuses_other_sizes(calls, size):
+    # The C copies exactly 16 bytes: a shorter buffer must never reach it.
+    with pytest.raises(ValueError):
+        calls.decode_instance(b"\0" * size)
+
+
+def test_overlapped_engines_keep_one_interface():
+    # _overlapped.py picks one engine per system; both offer the same calls
+    # and the same CompletionPort surface (the threads engine imports here too).
+    from portreserve import _overlapped, _overlapped_iocp, _overlapped_threads
+
+    assert _overlapped.CompletionPort is _overlapped_iocp.CompletionPort
+    for name in ("acquire", "release", "associate"):
+        iocp, threads = getattr(_overlapped_iocp, name), getattr(_overlapped_threads, name)
+        assert inspect.signature(iocp).parameters.keys() == \
+            inspect.signature(threads).parameters.keys(), name
+
+    def surface(cls):
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert surface(_overlapped_iocp.CompletionPort) == surface(_overlapped_threads.CompletionPort)

@@ -1,11 +1,11 @@
-"""The public overlapped API on its Windows layer (_overlapped_windows.py):
+"""The public overlapped API on its Windows layer (_overlapped_iocp.py):
 Overlapped futures over real overlapped WSAIoctl, CompletionPort over a real
 I/O completion port, and portreserve.aio on the default (proactor) loop.
 
 Under Wine the reservation ioctls are not offered, so their tests check that
 the failure arrives the documented way.  SIO_ADDRESS_LIST_CHANGE really pends
 (on Windows and under Wine) until an address changes, which never happens
-during a test: started through the layer's test hook _start_ioctl, it
+during a test: started through the engine's _start (any control code), it
 exercises pending, cancel, closesocket and closing the port.
 """
 
@@ -21,8 +21,16 @@ from ctypes import wintypes
 
 import pytest
 
-from portreserve import CompletionPort, InvalidParameter, NotSupported, OperationAborted, aio
-from portreserve import _overlapped_windows
+from portreserve import (
+    CompletionPort,
+    InvalidParameter,
+    NotSupported,
+    OperationAborted,
+    PortReservationError,
+    ReservationNotFound,
+    aio,
+)
+from portreserve import _overlapped_iocp, _windows
 from portreserve.lowlevel import (
     acquire_port_reservation_overlapped,
     associate_port_reservation_overlapped,
@@ -33,8 +41,13 @@ from wine_detect import WINE, wine_only
 SIO_ADDRESS_LIST_CHANGE = 0x28000017
 FIONREAD = 0x4004667F  # finishes inside WSAIoctl
 WSAEOPNOTSUPP = 10045
-ERROR_NOT_SUPPORTED = 50
 ERROR_OPERATION_ABORTED = 995
+
+def _start_ioctl(sock, code, in_data=b"", out_size=0, *, port=None, key=0):
+    """Any control code through the engine; the result is the output buffer."""
+    return _overlapped_iocp._start("test", f"WSAIoctl {code:#010x}", sock, code, in_data,
+                                   out_size, bytes, port, key)
+
 
 _k32 = ctypes.WinDLL("kernel32", use_last_error=True)
 _k32.GetCurrentProcess.restype = ctypes.c_void_p
@@ -95,7 +108,7 @@ def port():
 
 
 def _pending(sock, port=None, key=0):
-    op = _overlapped_windows._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
+    op = _start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
     assert not op.done() and op.running()
     return op
 
@@ -147,8 +160,9 @@ def test_reservation_ioctls_with_port_deliver_each_key_once(sock, port):
     for completion in got:
         assert completion.op is ops[completion.key[1]]
         assert completion.op.done()
-        # Wine: the port's packet says ERROR_NOT_SUPPORTED (50).
-        _assert_not_supported(completion.op.exception(0), {ERROR_NOT_SUPPORTED, WSAEOPNOTSUPP})
+        # Wine: the port's packet says ERROR_NOT_SUPPORTED (50); reported as
+        # the same Winsock code as without a port and as the synchronous call.
+        _assert_not_supported(completion.op.exception(0), {WSAEOPNOTSUPP})
     assert port.get(timeout=0.2) == []  # exactly once
     assert port.fileno() == -1
 
@@ -213,8 +227,7 @@ def test_done_callback_may_use_the_port(sock, port):
 def test_too_late_to_cancel(sock, port, with_port):
     # FIONREAD finishes inside WSAIoctl: cancel() finds nothing to abort.
     sock.bind(("127.0.0.1", 0))
-    op = _overlapped_windows._start_ioctl(sock, FIONREAD, b"", 4,
-                                          port=port if with_port else None, key=1)
+    op = _start_ioctl(sock, FIONREAD, b"", 4, port=port if with_port else None, key=1)
     assert op.cancel() is False
     assert not op.cancelled()
     assert op.result(0) == b"\0\0\0\0"  # nothing queued to read
@@ -365,7 +378,76 @@ def test_bad_arguments():
                 p.get(max_entries=0)
             with pytest.raises(InvalidParameter):
                 p.get(timeout=-1)
+            # NaN never ends a wait loop; inf means for ever (as None).
+            with pytest.raises(InvalidParameter):
+                p.get(timeout=float("nan"))
             assert p.get(timeout=0) == []
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
+                op = _pending(s2, p, key="inf")
+                op.cancel()
+                assert [(c.key, c.op) for c in p.get(timeout=float("inf"))] == [("inf", op)]
+
+
+# ---- outcomes as the reference pages allow them ------------------------
+
+WSAEINTR = 10004
+
+
+def _op(sock, decode=bytes):
+    return _overlapped_iocp._IoctlOp("t", "WSAIoctl", 0, sock, None, decode)
+
+
+def test_cancel_ending_in_wsaeintr_is_cancelled(sock):
+    # The reference pages: an aborted reservation IOCTL ends with
+    # WSA_OPERATION_ABORTED or WSAEINTR.  Either, after our cancel(), is a
+    # cancel; without one it is OperationAborted.
+    for status in (ERROR_OPERATION_ABORTED, WSAEINTR):
+        asked = _op(sock)
+        asked._aborted_by = "cancel"
+        asked._settle(status, b"")
+        assert asked.cancelled(), status
+        unasked = _op(sock)
+        unasked._settle(status, b"")
+        assert isinstance(unasked.exception(0), OperationAborted), status
+
+
+def test_short_result_is_an_error(sock):
+    # A "successful" acquire that wrote less than an instance is not (0, 0, 0).
+    op = _op(sock, _overlapped_iocp.decode_instance)
+    op._settle(0, b"\0" * 8)
+    exc = op.exception(0)
+    assert type(exc) is PortReservationError and exc.winerror == 13, exc
+    whole = _op(sock, _overlapped_iocp.decode_instance)
+    whole._settle(0, b"\xc3\x50\x04\x00" + b"\0" * 4 + (7).to_bytes(8, "little"))
+    assert tuple(whole.result(0)) == (50000, 4, 7)
+
+
+def test_associate_refused_token_is_not_found(sock):
+    # WSAEINVAL from SIO_ASSOCIATE_PORT_RESERVATION on an unbound socket: the
+    # token is the only input left, so the token is unknown (README).
+    exc = _windows.associate_error(10022, "associate", sock, 0x1234)
+    assert type(exc) is ReservationNotFound and exc.winerror == 1168 and "4660" in str(exc)
+    # Through the overlapped path too.
+    op = _overlapped_iocp._IoctlOp(
+        "t", "SIO_ASSOCIATE_PORT_RESERVATION", 0, sock, None, bytes,
+        lambda status, what: _windows.associate_error(status, what, sock, 0x1234))
+    op._settle(10022, b"")
+    assert type(op.exception(0)) is ReservationNotFound
+    sock.bind(("127.0.0.1", 0))  # on a bound socket it is the socket that is wrong
+    exc = _windows.associate_error(10022, "associate", sock, 0x1234)
+    assert type(exc) is InvalidParameter and exc.winerror == 10022
+
+
+def test_get_skips_foreign_packets(port):
+    # A packet posted to our port by someone else, with an OVERLAPPED of
+    # theirs: get() neither returns it nor writes through it.
+    post = _k32.PostQueuedCompletionStatus
+    post.argtypes = [ctypes.c_void_p, wintypes.DWORD, ctypes.c_size_t, ctypes.c_void_p]
+    foreign = ctypes.create_string_buffer(b"\xab" * 96, 96)
+    before = foreign.raw
+    assert post(port._iocp, 4, 0, ctypes.addressof(foreign))
+    assert port.get(timeout=0.2) == []
+    assert foreign.raw == before
 
 
 # ---- asyncio, on the default loop (proactor on Windows) ------------------
@@ -415,7 +497,7 @@ def test_aio_cancel_pending_op():
     started = []
 
     def submit(port, key):
-        op = _overlapped_windows._start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
+        op = _start_ioctl(sock, SIO_ADDRESS_LIST_CHANGE, port=port, key=key)
         started.append(op)
         return op
 

@@ -17,7 +17,7 @@ from portreserve import NotSupported, Protocol, lowlevel
 from wine_detect import needs_windows, wine_only
 
 WSAEOPNOTSUPP = 10045
-EOPNOTSUPP = 95  # the POSIX number, on every platform (API.md section 3)
+EOPNOTSUPP = 95  # the POSIX number, on every platform (docs/API.md section 3)
 ERROR_PROC_NOT_FOUND = 127
 
 
@@ -167,3 +167,36 @@ def test_persistent_reservation():
         portreserve.delete_persistent(41000, 4)
     with pytest.raises(portreserve.ReservationNotFound):
         portreserve.lookup_persistent(41000, 4)
+
+
+@needs_windows
+def test_unknown_token_and_exhaustion_codes():
+    # What README decided where the reference pages are silent: these tell
+    # on the first real Windows run if Windows answers otherwise.
+    unknown = 0x1234567887654321
+    with socket.socket() as user:
+        with pytest.raises(portreserve.ReservationNotFound) as info:
+            lowlevel.associate_port_reservation(user, unknown)
+        assert (info.value.errno, info.value.winerror) == (2, 1168)
+        with pytest.raises(portreserve.ReservationNotFound):
+            lowlevel.associate_port_reservation_overlapped(user, unknown).result(30)
+        with portreserve.CompletionPort() as port:
+            op = lowlevel.associate_port_reservation_overlapped(user, unknown, port=port)
+            with pytest.raises(portreserve.ReservationNotFound):
+                op.result(30)
+    with socket.socket() as owner:
+        with pytest.raises(portreserve.InvalidParameter):  # not ours: as on Linux
+            lowlevel.release_port_reservation(owner, unknown)
+    with portreserve.reserve(1) as r, r.socket():
+        with socket.socket() as extra:
+            with pytest.raises(portreserve.ReservationExhausted) as info:
+                r.bind(extra)
+            assert (info.value.errno, info.value.winerror) == (98, 10048)
+
+
+@needs_windows
+def test_overlapped_acquire_on_a_port_decodes_the_instance():
+    with socket.socket() as owner, portreserve.CompletionPort() as port:
+        inst = lowlevel.acquire_port_reservation_overlapped(owner, 0, 4, port=port).result(30)
+        assert inst.number_of_ports == 4 and inst.token and inst.start_port
+        lowlevel.release_port_reservation(owner, inst.token)

@@ -1,4 +1,4 @@
-"""The Windows submission layer of the overlapped engine (see _overlapped.py).
+"""The overlapped engine of Windows: an I/O completion port (see _overlapped_types.py).
 
 Every operation is one overlapped WSAIoctl made through the C engine of the
 system-call layer (_backend: pr_windows.c through cffi, or the same steps in
@@ -7,7 +7,7 @@ only once the system is done with them.  This module decides who waits for
 the outcome, and keeps each operation - its C op, its socket, its Future -
 alive in Python until the outcome has been consumed.
 
-With a CompletionPort the op notifies the port (NOTIFY_PORT): the socket is
+With a CompletionPort the op notifies the port (NOTIFY_IOCP): the socket is
 attached to the port's IOCP, once and for good (Windows allows one port per
 handle), and the op is over when its packet is dequeued.  Until then it sits
 in the port's ``_pending``, keyed by its C op.  Packets are dequeued by
@@ -45,17 +45,18 @@ from concurrent.futures import Future
 from concurrent.futures import wait as _wait_futures
 from typing import Any, Callable
 
-from . import _args, _errors
+from . import _errors, _windows
 from ._backend import calls
 from ._errors import InvalidParameter, OperationAborted
-from ._overlapped import Completion, Overlapped, _PortBase
+from ._interfaces import Op
+from ._overlapped_types import Completion, Overlapped, PortBase, T
 from ._records import PortReservationInstance
 
 # Windows only; this also tells mypy --platform linux to skip the rest.
 assert sys.platform == "win32"
 
-_WSA_IO_PENDING = 997
-_WAIT_TIMEOUT = 258
+_WSA_IO_PENDING = _errors.ERROR_IO_PENDING
+_WAIT_TIMEOUT = _errors.WAIT_TIMEOUT
 # close() waits this long for the packets of the ops it aborted.  CancelIoEx
 # ends a pending WSAIoctl at once; an op still pending after that is left to
 # the system (the C engine never frees what the kernel may write to).
@@ -68,25 +69,29 @@ def _ms(timeout: float | None) -> int:
     return min(math.ceil(max(timeout, 0.0) * 1000), calls.INFINITE - 1)
 
 
-class _IoctlOp(Overlapped):
+class _IoctlOp(Overlapped[T]):
     """An Overlapped that is one overlapped WSAIoctl."""
 
     def __init__(self, call: str, ioctl: str, key: Any, sock: socket.socket,
-                 port: CompletionPort | None, decode: Callable[[bytes], Any]) -> None:
+                 port: CompletionPort | None, decode: Callable[[bytes], T],
+                 error: Callable[[int, str], Exception] | None = None) -> None:
         super().__init__(call, key)
         self._ioctl = ioctl  # its name, for messages
         self._sock = sock  # kept open (from the collector) while in flight
         self._port = port
         self._decode = decode
+        # The exception for a failed outcome (a Winsock code), as the
+        # synchronous call would raise it.
+        self._error = error or (lambda status, call: _errors.from_winerror(status, call))
         self._out_size = 0
         # Orders op_cancel against op_free: CancelIoEx must never get a freed op.
         self._lock = threading.Lock()
-        self._handle: Any = None  # the C op, from op_new until op_free
+        self._handle: Op = None  # the C op, from op_new until op_free
         self._aborted_by: str | None = None  # why we called CancelIoEx, if it was in time
 
-    def _new(self, notify: int, code: int, in_data: bytes, out_size: int) -> Any:
+    def _new(self, notify: int, code: int, in_data: bytes, out_size: int) -> Op:
         try:
-            self._handle = calls.op_new(notify, code, in_data, out_size, 0)
+            self._handle = calls.op_new(notify, code, in_data, out_size)
         except OSError as exc:
             raise _errors.from_winerror(exc.winerror or 0, f"{self.call}: {self._ioctl}") from None
         self._out_size = out_size
@@ -111,7 +116,7 @@ class _IoctlOp(Overlapped):
         self._port._until(self.done, timeout)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         return super().result(self._progress(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -122,6 +127,11 @@ class _IoctlOp(Overlapped):
         self._request_abort("cancel")
         _wait_futures([self], self._progress(None))
         return self.cancelled()
+
+    def _cancel_nowait(self) -> bool:
+        """CancelIoEx only; the outcome arrives the usual way."""
+        self._request_abort("cancel")
+        return False
 
     def _wait_event(self) -> None:
         """The waiter thread of an event op (the shim releases the GIL)."""
@@ -142,7 +152,9 @@ class _IoctlOp(Overlapped):
             return
         try:
             outcome = None if failure is not None else calls.op_result(handle)
-            out = calls.op_out(handle, self._out_size) if outcome and outcome[0] == 0 else b""
+            # Only the bytes the call says it wrote.
+            out = (calls.op_out(handle, min(outcome[1], self._out_size))
+                   if outcome and outcome[0] == 0 else b"")
         finally:
             calls.op_free(handle)
         if outcome is None:
@@ -151,6 +163,9 @@ class _IoctlOp(Overlapped):
             self._settle(outcome[0], out)
 
     def _settle(self, status: int, out: bytes) -> None:
+        # The same code as the synchronous call for the same mistake, through
+        # an event or a port, with the socket open or closed since.
+        status = _errors.wsa_code(status)
         if status == 0:
             try:
                 value = self._decode(out)
@@ -158,19 +173,19 @@ class _IoctlOp(Overlapped):
                 self.set_exception(exc)
             else:
                 self.set_result(value)
-        elif status == _errors.ERROR_OPERATION_ABORTED and self._aborted_by == "cancel":
+        elif status in _errors.ABORTED and self._aborted_by == "cancel":
             Future.cancel(self)  # PENDING -> CANCELLED
             # ... -> CANCELLED_AND_NOTIFIED, which concurrent.futures.wait() needs.
             self.set_running_or_notify_cancel()
-        elif status == _errors.ERROR_OPERATION_ABORTED:
+        elif status in _errors.ABORTED:
             why = self._aborted_by or ("the socket was closed" if self._sock.fileno() == -1
                                   else "the operation was aborted")
             self.set_exception(OperationAborted(f"{self.call}: {self._ioctl}: {why}"))
         else:
-            self.set_exception(_errors.from_winerror(status, f"{self.call}: {self._ioctl}"))
+            self.set_exception(self._error(status, f"{self.call}: {self._ioctl}"))
 
 
-class CompletionPort(_PortBase):
+class CompletionPort(PortBase):
     """An I/O completion port: finished operations, dequeued with their keys.
 
     ``concurrency`` is accepted and checked as on other systems; packets are
@@ -179,17 +194,17 @@ class CompletionPort(_PortBase):
 
     def __init__(self, concurrency: int = 0) -> None:
         self._threads = self._concurrency(concurrency)
-        err, self._handle = calls.port_new()
+        err, self._iocp = calls.iocp_new()
         if err:
             raise _errors.from_winerror(err, "CompletionPort: CreateIoCompletionPort")
         # close() frees it; this only if the port is dropped unclosed.  Not at
         # exit: the process's end frees it anyway.
-        self._free = weakref.finalize(self, calls.port_close, self._handle)
+        self._free = weakref.finalize(self, calls.iocp_close, self._iocp)
         self._free.atexit = False
         self._cond = threading.Condition()
-        self._pending: dict[Any, _IoctlOp] = {}  # by C op, until its packet is dequeued
+        self._pending: dict[Op, _IoctlOp[Any]] = {}  # by C op, until its packet is dequeued
         self._ready: deque[Completion] = deque()  # dequeued, not yet returned by get()
-        self._pumper: int | None = None  # the thread in port_get
+        self._pumper: int | None = None  # the thread in iocp_get
         # Sockets attached to this port, with their handle then: a socket can
         # be attached once (twice fails with 87), and a closed socket's handle
         # value may come back as a new, unattached socket.
@@ -201,18 +216,18 @@ class CompletionPort(_PortBase):
         return self._threads
 
     def fileno(self) -> int:
-        """-1: an IOCP is not a descriptor select() can wait on (API.md allows it)."""
+        """-1: an IOCP is not a descriptor select() can wait on (docs/API.md allows it)."""
         self._check_open("CompletionPort.fileno")
         return -1
 
-    def _start(self, op: _IoctlOp, sock: socket.socket, code: int, in_data: bytes,
+    def _start(self, op: _IoctlOp[Any], sock: socket.socket, code: int, in_data: bytes,
                out_size: int) -> None:
         """Attach ``sock`` if needed and start ``op`` on this port."""
         with self._cond:  # held across op_start, so close() sees every op started
             self._check_open(op.call)
             fd = sock.fileno()
             if self._attached.get(sock) != fd:
-                err = calls.port_attach(self._handle, fd)
+                err = calls.iocp_attach(self._iocp, fd)
                 if err == _errors.ERROR_INVALID_PARAMETER:
                     raise InvalidParameter(
                         f"{op.call}: the socket is attached to another completion port "
@@ -220,7 +235,7 @@ class CompletionPort(_PortBase):
                 if err:
                     raise _errors.from_winerror(err, f"{op.call}: CreateIoCompletionPort")
                 self._attached[sock] = fd
-            handle = op._new(calls.NOTIFY_PORT, code, in_data, out_size)
+            handle = op._new(calls.NOTIFY_IOCP, code, in_data, out_size)
             # Before op_start: its packet may be dequeued before op_start returns.
             self._pending[handle] = op
             err = calls.op_start(handle, fd)
@@ -230,7 +245,7 @@ class CompletionPort(_PortBase):
         if failed:
             op._complete()
 
-    def _process(self, handles: list) -> None:
+    def _process(self, handles: list[Op]) -> None:
         """Finish the ops of dequeued packets and queue their completions, in order."""
         with self._cond:
             ops = [self._pending.pop(h) for h in handles if h in self._pending]
@@ -267,7 +282,7 @@ class CompletionPort(_PortBase):
                 outer, self._pumper = self._pumper, me
                 self._cond.release()
                 try:
-                    err, handles = calls.port_get(self._handle, _ms(left), 64)
+                    err, handles = calls.iocp_get(self._iocp, _ms(left), 64)
                     if err and err != _WAIT_TIMEOUT:
                         raise _errors.from_winerror(
                             err, "CompletionPort: GetQueuedCompletionStatusEx")
@@ -280,9 +295,10 @@ class CompletionPort(_PortBase):
             return True
 
     def get(self, timeout: float | None = None, max_entries: int = 64) -> list[Completion]:
-        """Up to ``max_entries`` finished operations, oldest first; [] on timeout."""
+        """Up to ``max_entries`` finished operations, oldest first; [] after
+        ``timeout`` seconds (None or inf: wait for ever)."""
         call = "CompletionPort.get"
-        max_entries = self._get_args(max_entries, timeout)
+        max_entries, timeout = self._get_args(max_entries, timeout)
         self._check_open(call)
         self._until(lambda: bool(self._ready), timeout)
         with self._cond:
@@ -299,7 +315,7 @@ class CompletionPort(_PortBase):
             self._ready.clear()
             pending = list(self._pending.values())
             if self._pumper not in (None, me):
-                calls.port_post(self._handle)  # wake it from GetQueuedCompletionStatusEx
+                calls.iocp_post(self._iocp)  # wake it from GetQueuedCompletionStatusEx
             self._cond.notify_all()
         for op in pending:
             op._request_abort("the completion port was closed")
@@ -309,7 +325,7 @@ class CompletionPort(_PortBase):
         # the handle goes.
         deadline = time.monotonic() + _CLOSE_DRAIN_SECONDS
         while self._pending and (left := deadline - time.monotonic()) > 0:
-            err, handles = calls.port_get(self._handle, _ms(left), 64)
+            err, handles = calls.iocp_get(self._iocp, _ms(left), 64)
             if err:
                 break
             self._process(handles)
@@ -321,18 +337,21 @@ class CompletionPort(_PortBase):
         self._free()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"handle={self._handle:#x}"
+        state = "closed" if self._closed else f"iocp={self._iocp:#x}"
         return f"<CompletionPort {state} concurrency={self.concurrency}>"
 
 
 def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes,
-           out_size: int, decode: Callable[[bytes], Any], port: object,
-           key: Any) -> Overlapped:
-    """Issue an overlapped WSAIoctl (arguments already checked, but ``port``)."""
+           out_size: int, decode: Callable[[bytes], T], port: PortBase | None,
+           key: Any, error: Callable[[int, str], Exception] | None = None) -> Overlapped[T]:
+    """Issue an overlapped WSAIoctl (arguments already checked, but ``port``).
+
+    Any control code: the tests start one that really pends through here.
+    """
     if port is not None and not isinstance(port, CompletionPort):
         raise TypeError(f"{call}: port must be a CompletionPort or None, "
                         f"not {type(port).__name__}")
-    op = _IoctlOp(call, ioctl, key, sock, port, decode)
+    op = _IoctlOp(call, ioctl, key, sock, port, decode, error)
     if port is not None:
         port._start(op, sock, code, in_data, out_size)
         return op
@@ -347,37 +366,35 @@ def _start(call: str, ioctl: str, sock: socket.socket, code: int, in_data: bytes
     return op
 
 
+def decode_instance(out: bytes) -> PortReservationInstance:
+    """The instance SIO_ACQUIRE_PORT_RESERVATION wrote; a short result is an error."""
+    size = calls.INSTANCE_SIZE
+    if len(out) != size:
+        raise _errors.from_winerror(
+            _errors.ERROR_INVALID_DATA,
+            f"SIO_ACQUIRE_PORT_RESERVATION returned {len(out)} bytes, not {size}")
+    return PortReservationInstance(*calls.decode_instance(out))
+
+
 def acquire(call: str, sock: socket.socket, start_port: int, number_of_ports: int,
-            port: object, key: Any) -> Overlapped:
+            port: PortBase | None, key: Any) -> Overlapped[PortReservationInstance]:
     return _start(call, "SIO_ACQUIRE_PORT_RESERVATION", sock,
                   calls.SIO_ACQUIRE_PORT_RESERVATION,
                   calls.encode_port_range(start_port, number_of_ports),
-                  calls.layout()["instance"],
-                  lambda out: PortReservationInstance(*calls.decode_instance(out)), port, key)
+                  calls.INSTANCE_SIZE, decode_instance, port, key)
 
 
 def release(call: str, sock: socket.socket, token: int,
-            port: object, key: Any) -> Overlapped:
+            port: PortBase | None, key: Any) -> Overlapped[None]:
     return _start(call, "SIO_RELEASE_PORT_RESERVATION", sock,
                   calls.SIO_RELEASE_PORT_RESERVATION, calls.encode_token(token), 0,
                   lambda out: None, port, key)
 
 
 def associate(call: str, sock: socket.socket, token: int,
-              port: object, key: Any) -> Overlapped:
+              port: PortBase | None, key: Any) -> Overlapped[None]:
     return _start(call, "SIO_ASSOCIATE_PORT_RESERVATION", sock,
                   calls.SIO_ASSOCIATE_PORT_RESERVATION, calls.encode_token(token), 0,
-                  lambda out: None, port, key)
+                  lambda out: None, port, key,
+                  lambda status, what: _windows.associate_error(status, what, sock, token))
 
-
-def _start_ioctl(sock: socket.socket, code: int, in_data: bytes = b"", out_size: int = 0, *,
-                 port: CompletionPort | None = None, key: Any = 0) -> Overlapped:
-    """Test hook: any control code through this layer; the result is the output buffer.
-
-    SIO_ADDRESS_LIST_CHANGE (0x28000017) really pends, also under Wine, until
-    an address changes: the way to test pending, cancel and close.
-    """
-    call = "_start_ioctl"
-    _args.sock(call, sock)
-    return _start(call, f"WSAIoctl {code:#010x}", sock, code, in_data, out_size, bytes,
-                  port, key)

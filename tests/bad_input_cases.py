@@ -1,0 +1,330 @@
+"""The bad-input table of tests/test_bad_input.py, and the runner of one case.
+
+Each case is a line of code, run with fresh objects (sockets, a held and a
+released reservation, a completion port), that must raise exactly one
+documented class (docs/API.md section 3) with its errno and winerror, in a message
+that names the bad value, and leave no trace: the same descriptors, the same
+bound sockets, the same kernel reserved list, the same state directory and
+the same association tables as before.  Command-line cases run the
+`portreserve` command and check its status and its one-line message.
+
+The runner is run in a private network namespace (see the test), so that a
+case that wrongly got through could not change the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+
+TCP_EINVAL = ("InvalidParameter", 22, 10022)
+PERSIST_EINVAL = ("InvalidParameter", 22, 87)
+NOT_FOUND = ("ReservationNotFound", 2, 1168)
+NOT_SUPPORTED = ("NotSupported", 95, 10045)
+TYPE = ("TypeError", None, None)
+
+# (start, count) blocks that no call takes, wildcard start 0 or not.
+BAD_BLOCKS = [(0, 0), (0, -1), (0, 65536), (0, 10**12), (-1, 1), (65536, 1), (70000, 5),
+              (65535, 2), (65000, 1000), (1, 65536), (2**64, 1), (-2**63, 1)]
+# ... and those that persistent calls refuse besides (start 0 is no wildcard there).
+BAD_PERSISTENT = [(0, 1), (1000, 0), (65535, 2), (65000, 537), (70000, 1), (-1, 1),
+                  (1, 65536), (0, 0), (2**64, 1), (7, -7)]
+BAD_PROTOCOLS = ["sctp", "", "tcp6", "TCP ", "icmp", "udp-lite"]
+BAD_TOKENS = [0, -1, 2**64, 2**100, -(2**64)]
+
+
+def _named(start: int, count: int, wildcard: bool) -> str:
+    """The value a block error must name."""
+    if not 0 <= start <= 65535:
+        return f"start port {start}"
+    if not 1 <= count <= 65535:
+        return f"number of ports {count}"
+    if start == 0 and not wildcard:
+        return "start port 0"
+    return f"{start}..{start + count - 1}"
+
+
+def cases() -> list[dict]:
+    out: list[dict] = []
+
+    def add(code: str, expect: tuple, names: str | None = None) -> None:
+        cls, errno, winerror = expect
+        out.append({"id": code, "code": code, "cls": cls, "errno": errno,
+                    "winerror": winerror, "names": names})
+
+    # Runtime reservations: portreserve.reserve and its asyncio twin.
+    for start, count in BAD_BLOCKS:
+        add(f"portreserve.reserve({count}, start={start})", TCP_EINVAL,
+            _named(start, count, True))
+    for proto in BAD_PROTOCOLS:
+        add(f"portreserve.reserve(1, protocol={proto!r})", TCP_EINVAL, repr(proto))
+        add(f"run(aio.reserve(2, protocol={proto!r}))", TCP_EINVAL, repr(proto))
+    for bad in ('"1"', "1.0", "None", "True", "[1]"):
+        add(f"portreserve.reserve({bad})", TYPE, "count")
+        add(f"portreserve.reserve(1, start={bad})", TYPE, "start")
+    add("portreserve.reserve(1, protocol=6)", TYPE, "protocol")
+    add("portreserve.reserve(1, protocol=None)", TYPE, "protocol")
+    for start, count in BAD_BLOCKS[:6]:
+        add(f"run(aio.reserve({count}, start={start}))", TCP_EINVAL, _named(start, count, True))
+
+    # The low-level runtime calls and their overlapped and asyncio forms.
+    for start, count in BAD_BLOCKS:
+        named = _named(start, count, True)
+        add(f"lowlevel.acquire_port_reservation(tcp, {start}, {count})", TCP_EINVAL, named)
+        add(f"lowlevel.acquire_port_reservation_overlapped(udp, {start}, {count})",
+            TCP_EINVAL, named)
+        add(f"lowlevel.acquire_port_reservation_overlapped(tcp, {start}, {count}, port=cport)",
+            TCP_EINVAL, named)
+    for start, count in BAD_BLOCKS[:4]:
+        add(f"run(aio.acquire_port_reservation(tcp, {start}, {count}))", TCP_EINVAL,
+            _named(start, count, True))
+    for fn in ("acquire_port_reservation", "acquire_port_reservation_overlapped"):
+        add(f"lowlevel.{fn}(closed, 0, 2)", TCP_EINVAL, "closed")
+        add(f"lowlevel.{fn}(unix, 0, 2)", NOT_SUPPORTED, "AF_UNIX")
+        add(f"lowlevel.{fn}(unixdgram, 0, 2)", NOT_SUPPORTED, "SOCK_DGRAM")
+        add(f"lowlevel.{fn}('sock', 0, 2)", TYPE, "str")
+        add(f"lowlevel.{fn}(tcp, 0, '2')", TYPE, "count")
+    for token in BAD_TOKENS:
+        for fn in ("release_port_reservation", "release_port_reservation_overlapped",
+                   "associate_port_reservation", "associate_port_reservation_overlapped"):
+            add(f"lowlevel.{fn}(tcp, {token})", TCP_EINVAL, f"token {token}")
+        add(f"portreserve.bind(tcp, {token})", TCP_EINVAL, f"token {token}")
+        add(f"run(aio.release_port_reservation(tcp, {token}))", TCP_EINVAL, f"token {token}")
+        add(f"run(aio.associate_port_reservation(tcp, {token}))", TCP_EINVAL, f"token {token}")
+    for fn in ("release_port_reservation", "associate_port_reservation"):
+        add(f"lowlevel.{fn}(closed, res.token)", TCP_EINVAL, "closed")
+        add(f"lowlevel.{fn}(unix, res.token)", NOT_SUPPORTED, "AF_UNIX")
+        add(f"lowlevel.{fn}(tcp, 'token')", TYPE, "token")
+    add("lowlevel.release_port_reservation(tcp, 12345)", TCP_EINVAL, "12345")
+    add("lowlevel.release_port_reservation(tcp, res.token)", TCP_EINVAL, "token")  # not its socket
+    add("lowlevel.associate_port_reservation(tcp, 12345)", NOT_FOUND, "12345")
+    add("lowlevel.associate_port_reservation(udp, res.token)", TCP_EINVAL, "TCP")
+    add("lowlevel.associate_port_reservation(bound, res.token)", TCP_EINVAL, "already bound")
+    for address in ('("", -1)', '("", 65536)', '("127.0.0.1", 2**64)', '("::", -2**63)'):
+        add(f"lowlevel.bind_associated(tcp, {address})", TCP_EINVAL, "start port")
+    for address in ('"127.0.0.1"', '("",)', "None", '(5, 0)', '("", "80")'):
+        add(f"lowlevel.bind_associated(tcp, {address})", TYPE, None)
+    add('lowlevel.bind_associated(closed, ("", 0))', TCP_EINVAL, "closed")
+
+    # Binding from a token, a Reservation's own methods.
+    add("portreserve.bind(tcp, 12345)", NOT_FOUND, "12345")
+    add("portreserve.bind(tcp, released.token)", NOT_FOUND, "token")
+    add("portreserve.bind(udp, res.token)", TCP_EINVAL, "TCP")
+    add("portreserve.bind(closed, res.token)", TCP_EINVAL, "closed")
+    add("portreserve.bind(unix, res.token)", NOT_SUPPORTED, "AF_UNIX")
+    add("portreserve.bind(bound, res.token)", TCP_EINVAL, "already bound")
+    add("portreserve.bind(tcp, res.token, host=5)", TYPE, "host")
+    add("portreserve.bind(tcp, 'x')", TYPE, "token")
+    add("portreserve.bind(None, res.token)", TYPE, "None")
+    # Hosts that are no address of the socket's family.
+    for host in ("not-an-address", "::1", "10.0.0.1.5", "bogus.invalid", "256.1.1.1"):
+        add(f"portreserve.bind(tcp, res.token, {host!r})", TCP_EINVAL, repr(host))
+        add(f"res.bind(tcp, {host!r})", TCP_EINVAL, repr(host))
+    for host in ("127.0.0.1", "0.0.0.0", "not-an-address"):
+        add(f"res.bind(tcp6, {host!r})", TCP_EINVAL, repr(host))
+    add("res.socket(socket.AF_INET, host='::')", TCP_EINVAL, "'::'")
+    add("res.socket(host='bogus.invalid')", TCP_EINVAL, "'bogus.invalid'")
+    add("res.bind(udp)", TCP_EINVAL, "TCP")
+    add("res.bind(closed)", TCP_EINVAL, "closed")
+    add("res.bind(unix)", NOT_SUPPORTED, "AF_UNIX")
+    add("res.bind(bound)", TCP_EINVAL, "already bound")
+    add("res.bind(tcp, host=b'::')", TYPE, "host")
+    add("released.bind(tcp)", TCP_EINVAL, "released")
+    for family in ("12345", "-1", "socket.AF_UNIX", "socket.AF_PACKET"):
+        add(f"res.socket(family={family})", TCP_EINVAL, "family")
+    add("res.socket(family='AF_INET')", TYPE, "family")
+    add("released.socket()", TCP_EINVAL, "released")
+    add("released.release()", TCP_EINVAL, "released")
+
+    # Completion ports.
+    add("portreserve.CompletionPort(-1)", TCP_EINVAL, "-1")
+    add("cport.get(max_entries=0)", TCP_EINVAL, "max_entries 0")
+    add("cport.get(timeout=-1)", TCP_EINVAL, "timeout -1")
+    add("closed_port.get(timeout=0)", TCP_EINVAL, "closed")
+
+    # Persistent reservations, high and low level.
+    for start, count in BAD_PERSISTENT:
+        named = _named(start, count, False)
+        for fn in ("create", "lookup", "delete"):
+            for proto in ("tcp", "udp"):
+                add(f"portreserve.{fn}_persistent({start}, {count}, protocol={proto!r})",
+                    PERSIST_EINVAL, named)
+                add(f"lowlevel.{fn}_persistent_{proto}_port_reservation({start}, {count})",
+                    PERSIST_EINVAL, named)
+    for proto in BAD_PROTOCOLS[:3]:
+        for fn in ("create", "lookup", "delete"):
+            add(f"portreserve.{fn}_persistent(5000, 1, protocol={proto!r})", PERSIST_EINVAL,
+                repr(proto))
+        add(f"portreserve.list_persistent(protocol={proto!r})", PERSIST_EINVAL, repr(proto))
+    add("portreserve.list_persistent(protocol=5)", TYPE, "protocol")
+    add("portreserve.create_persistent('5000', 1)", TYPE, "start")
+    add("lowlevel.lookup_persistent_tcp_port_reservation(5000, None)", TYPE, "count")
+
+    # The command line: status 1 and one line naming the value, or argparse's 2.
+    for args, expect, named in [
+            (["reserve", "0"], TCP_EINVAL, "number of ports 0"),
+            (["reserve", "-1"], TCP_EINVAL, "number of ports -1"),
+            (["reserve", "70000"], TCP_EINVAL, "number of ports 70000"),
+            (["reserve", "2", "--start", "65535"], TCP_EINVAL, "65535..65536"),
+            (["reserve", "1", "--start", "-5"], TCP_EINVAL, "start port -5"),
+            (["persistent", "add", "0", "1"], PERSIST_EINVAL, "start port 0"),
+            (["persistent", "add", "5000", "0", "--udp"], PERSIST_EINVAL, "number of ports 0"),
+            (["persistent", "delete", "65535", "2"], PERSIST_EINVAL, "65535..65536"),
+            (["persistent", "lookup", "70000", "1"], PERSIST_EINVAL, "start port 70000"),
+            (["persistent", "lookup", "5000", "1"], NOT_FOUND, "5000..5000"),
+            (["persistent", "delete", "5000", "3", "--udp"], NOT_FOUND, "5000..5002")]:
+        add(f"cli({', '.join(map(repr, args))})", ("exit 1",) + expect[1:], named)
+    for args in (["reserve", "x"], ["reserve"], ["persistent", "add", "1"], ["bogus"],
+                 ["persistent", "list", "--tcp", "--udp"], ["reserve", "1", "--start", "1.5"]):
+        add(f"cli({', '.join(map(repr, args))})", ("exit 2", None, None), None)
+    add("cli('reserve', '1', env={'PORTRESERVE_BACKEND': 'bogus'})", ("exit 2", None, None),
+        "PORTRESERVE_BACKEND='bogus'")
+    add("cli('persistent', 'list', env={'PORTRESERVE_BACKEND': 'rust'})",
+        ("exit 2", None, None), "PORTRESERVE_BACKEND='rust'")
+    return out
+
+
+# The runner (in the namespace child).
+
+def _bound_sockets() -> list:
+    """(family, type, port) of every socket of this process."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = os.dup(int(name))
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:  # not a socket
+            os.close(fd)
+            continue
+        with s:
+            try:
+                out.append((s.family, s.type, s.getsockname()[1] if s.family in
+                            (socket.AF_INET, socket.AF_INET6) else str(s.getsockname())))
+            except OSError:
+                pass
+    return sorted(out, key=repr)
+
+
+def _snapshot(state_dir: str) -> dict:
+    from portreserve import _linux
+    with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+        kernel = f.read()
+    return {"fds": sorted(os.listdir("/proc/self/fd")), "bound": _bound_sockets(),
+            "kernel": kernel,
+            "state_dir": sorted(os.listdir(state_dir)) if os.path.exists(state_dir) else None,
+            "blocks": sorted(_linux._blocks), "associated": len(_linux._associated)}
+
+
+class CliResult(Exception):
+    def __init__(self, status: int, stderr: str) -> None:
+        super().__init__(status, stderr)
+        self.status, self.stderr = status, stderr
+
+
+def _cli(*args: str, env: dict | None = None) -> None:
+    r = subprocess.run([sys.executable, "-m", "portreserve", *args], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, **(env or {})))
+    raise CliResult(r.returncode, r.stderr)
+
+
+def run_case(case: dict, state_dir: str) -> str | None:
+    """None if the case behaves; else what went wrong."""
+    import portreserve
+    from portreserve import lowlevel
+    aio = portreserve.aio
+    objs = {"tcp": socket.socket(), "tcp6": socket.socket(socket.AF_INET6), "udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+            "closed": socket.socket(), "unix": socket.socket(socket.AF_UNIX),
+            "unixdgram": socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM),
+            "bound": socket.socket()}
+    objs["closed"].close()
+    objs["bound"].bind(("127.0.0.1", 0))
+    res = portreserve.reserve(2)
+    released = portreserve.reserve(1)
+    released.release()
+    cport = portreserve.CompletionPort()
+    closed_port = portreserve.CompletionPort()
+    closed_port.close()
+    env = {"portreserve": portreserve, "lowlevel": lowlevel, "aio": aio, "socket": socket,
+           "res": res, "released": released, "cport": cport, "closed_port": closed_port,
+           "run": asyncio.run, "cli": _cli, **objs}
+    before = _snapshot(state_dir)
+    try:
+        try:
+            result = eval(case["code"], env)
+            if hasattr(result, "exception"):  # an Overlapped: its error counts
+                exc = result.exception(timeout=30)
+                if exc is not None:
+                    raise exc
+            return f"no error: returned {result!r}"
+        except CliResult as exc:
+            problem = _check_cli(case, exc)
+            if problem:
+                return problem
+        except BaseException as exc:
+            problem = _check_error(case, exc)
+            if problem:
+                return problem
+        after = _snapshot(state_dir)
+        changed = [k for k in before if before[k] != after[k]]
+        if changed:
+            return "state changed: " + ", ".join(f"{k}: {before[k]} -> {after[k]}"
+                                                 for k in changed)
+        return None
+    finally:
+        res.close()
+        cport.close()
+        for s in objs.values():
+            s.close()
+
+
+def _check_error(case: dict, exc: BaseException) -> str | None:
+    import portreserve
+    got = f"{type(exc).__name__}: {exc}"
+    if case["cls"] == "TypeError":
+        if not isinstance(exc, TypeError) or isinstance(exc, portreserve.PortReservationError):
+            return f"expected TypeError, got {got}\n{traceback.format_exc()}"
+    else:
+        if type(exc).__name__ != case["cls"]:
+            return f"expected {case['cls']}, got {got}\n{traceback.format_exc()}"
+        if (exc.errno, exc.winerror) != (case["errno"], case["winerror"]):
+            return f"expected errno {case['errno']} winerror {case['winerror']}, got {got}"
+    if case["names"] and case["names"] not in str(exc):
+        return f"message does not name {case['names']!r}: {got}"
+    return None
+
+
+def _check_cli(case: dict, result: CliResult) -> str | None:
+    status = int(case["cls"].split()[1])
+    if result.status != status:
+        return f"expected status {status}, got {result.status}: {result.stderr}"
+    if "Traceback" in result.stderr:
+        return f"a traceback: {result.stderr}"
+    if status == 1:
+        lines = result.stderr.splitlines()
+        want = f"[errno {case['errno']}, winerror {case['winerror']}]"
+        if len(lines) != 1 or not lines[0].startswith("portreserve: ") or want not in lines[0]:
+            return f"expected one line 'portreserve: ... {want}', got {result.stderr!r}"
+    if case["names"] and case["names"] not in result.stderr:
+        return f"message does not name {case['names']!r}: {result.stderr!r}"
+    if case["names"] and "PORTRESERVE_BACKEND" in case["names"]:
+        if len(result.stderr.splitlines()) != 1:
+            return f"expected one line, got {result.stderr!r}"
+    return None
+
+
+def main() -> None:
+    state_dir = os.environ["PORTRESERVE_STATE_DIR"]
+    results = {c["id"]: run_case(c, state_dir) for c in cases()}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
