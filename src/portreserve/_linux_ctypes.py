@@ -261,7 +261,7 @@ _SPORT = struct.Struct("!H").unpack_from
 _CODE = struct.Struct("=i").unpack_from
 
 
-def parse_diag(buf, taken: bytearray) -> bool:
+def parse_diag(buf: bytes, taken: bytearray) -> bool:
     """One reply of a sock_diag dump: mark each socket's source port in taken.
 
     True at the end of the dump, False when more replies follow; OSError
