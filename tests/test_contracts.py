@@ -30,7 +30,7 @@ from portreserve._records import Protocol
 
 WINDOWS = sys.platform == "win32"
 LINUX = sys.platform.startswith("linux")
-OS = "windows" if WINDOWS else "linux"
+OS = "windows" if WINDOWS else "posix"
 CALLS = _interfaces.WindowsCalls if WINDOWS else _interfaces.PosixCalls
 
 

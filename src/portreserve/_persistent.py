@@ -597,7 +597,7 @@ def _new_token(state: _State) -> int:
             return token
 
 
-# The interface _linux.py calls.  Arguments are already checked.
+# The interface _posix.py calls.  Arguments are already checked.
 
 def create(protocol: Protocol, start: int, count: int) -> int:
     call = f"create_persistent_{protocol.value}_port_reservation"
@@ -676,7 +676,7 @@ def restore() -> list[PersistentReservation]:
 
 
 class _Block:
-    """A persistent block as _linux.bind_associated sees it: no holders, plain binds."""
+    """A persistent block as _posix.bind_associated sees it: no holders, plain binds."""
 
     closed = False
 
