@@ -2,7 +2,7 @@
 
 portreserve has three layers (docs/API.md is the contract of the top one):
 
-    public API (_reservation, _persistent_api, lowlevel, _overlapped, aio, _cli)
+    public API (_reservation, _persistent, lowlevel, _overlapped, aio, _cli)
         |  checks arguments, then calls
     engine: one per OS, chosen once in _engine.py            -> ``Engine``
         |  _posix.py (Linux and macOS) or _windows.py
