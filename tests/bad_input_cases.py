@@ -123,6 +123,18 @@ def cases() -> list[dict]:
     add("lowlevel.associate_port_reservation(tcp, 12345)", NOT_FOUND, "12345", "runtime calls")
     add("lowlevel.associate_port_reservation(udp, res.token)", TCP_EINVAL, "TCP")
     add("lowlevel.associate_port_reservation(bound, res.token)", TCP_EINVAL, "already bound")
+    # The same with a token nobody has: the socket and host are refused before
+    # the token is looked up (on Windows that look-up is the IOCTL itself).
+    add("lowlevel.associate_port_reservation(bound, 12345)", TCP_EINVAL, "already bound")
+    for fn in ("release_port_reservation", "associate_port_reservation"):
+        add(f"lowlevel.{fn}(closed, 12345)", TCP_EINVAL, "closed")
+    add("portreserve.bind(closed, 12345)", TCP_EINVAL, "closed")
+    add("portreserve.bind(bound, 12345)", TCP_EINVAL, "already bound")
+    add("portreserve.bind(tcp, 12345, host=5)", TYPE, "host")
+    add("portreserve.bind(None, 12345)", TYPE, "None")
+    for host in ("not-an-address", "::1", "256.1.1.1"):
+        add(f"portreserve.bind(tcp, 12345, {host!r})", TCP_EINVAL, repr(host))
+    add("portreserve.bind(tcp6, 12345, '127.0.0.1')", TCP_EINVAL, "'127.0.0.1'")
     for address in ('("", -1)', '("", 65536)', '("127.0.0.1", 2**64)', '("::", -2**63)'):
         add(f"lowlevel.bind_associated(tcp, {address})", TCP_EINVAL, "start port")
     for address in ('"127.0.0.1"', '("",)', "None", '(5, 0)', '("", "80")'):

@@ -44,16 +44,6 @@ def _bind(sock: socket.socket, address: tuple[Any, ...], call: str) -> None:
         raise _errors.from_winerror(code, f"{call}: bind to {address!r}") from None
 
 
-def _unbound(call: str, sock: socket.socket) -> None:
-    """Refuse a bound socket before the IOCTL, in the words Linux uses.
-
-    Windows cannot undo an association, so everything that can be refused
-    is refused before SIO_ASSOCIATE_PORT_RESERVATION.
-    """
-    if _bound(sock):
-        raise InvalidParameter(f"{call}: {sock!r} is already bound")
-
-
 def _protocol_matches(call: str, sock: socket.socket, token: int) -> None:
     """A runtime token of this process used with a socket of the other protocol.
 
@@ -83,7 +73,7 @@ class Block:
 
     def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
         """Associate ``sock`` with the block and bind it to ``port`` (0: any free one)."""
-        _unbound("bind", sock)
+        _args.unbound("bind", sock)
         _args.host_address("bind", sock.family, host)
         with self._lock:
             if self.closed:
@@ -148,8 +138,7 @@ def associate_error(err: int, call: str, sock: socket.socket,
 
 
 def associate(sock: socket.socket, token: int) -> None:
-    _protocol_matches("associate_port_reservation", sock, token)
-    _unbound("associate_port_reservation", sock)
+    _protocol_matches("associate_port_reservation", sock, token)  # unbound: checked by the caller
     err = calls.associate(sock.fileno(), token)
     if err:
         raise associate_error(err, "associate_port_reservation: SIO_ASSOCIATE_PORT_RESERVATION",
@@ -161,9 +150,7 @@ def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
 
 
 def bind_token(sock: socket.socket, token: int, host: str) -> int:
-    _protocol_matches("bind", sock, token)
-    _unbound("bind", sock)
-    _args.host_address("bind", sock.family, host)
+    _protocol_matches("bind", sock, token)  # unbound and host: checked by the caller
     associate(sock, token)
     _bind(sock, (host, 0), "bind")
     return sock.getsockname()[1]
