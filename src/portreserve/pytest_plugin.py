@@ -150,7 +150,7 @@ def _die_with_parent() -> Any:
     return preexec
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[Any]) -> None:
     """Terminate ``proc`` (SIGKILL if SIGTERM is not enough), reap it, close its pipes."""
     try:
         if proc.poll() is None:
@@ -203,10 +203,11 @@ class PopenFactory:
 
     def __init__(self, reservations: ReservationFactory) -> None:
         self._reservations = reservations
-        self._children: list[subprocess.Popen] = []
+        self._children: list[subprocess.Popen[Any]] = []
 
-    def __call__(self, args: Sequence[Any], *, count: int = 1, protocol: str | Protocol = "tcp",
-                 listen_fds: bool = False, **kwargs: Any) -> tuple[subprocess.Popen, Reservation]:
+    def __call__(self, args: Sequence[Any], *, count: int = 1,
+                 protocol: str | Protocol = "tcp", listen_fds: bool = False,
+                 **kwargs: Any) -> tuple[subprocess.Popen[Any], Reservation]:
         from portreserve import _args
 
         proto = _args.protocol("reserved_popen", protocol)
