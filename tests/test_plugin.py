@@ -1,4 +1,4 @@
-"""The pytest plugin (API.md section 5), checked by running real pytest
+"""The pytest plugin (docs/API.md section 5), checked by running real pytest
 sessions with pytester and pytest-xdist against the real kernel.
 
 Each inner suite writes what it saw to files; the outer test then checks

@@ -1,4 +1,4 @@
-"""pytest fixtures that hold real port reservations (API.md section 5).
+"""pytest fixtures that hold real port reservations (docs/API.md section 5).
 
 Loaded through the ``pytest11`` entry point ``portreserve``; ``pytest -p
 no:portreserve`` turns it off.  Loading it costs this file and the
