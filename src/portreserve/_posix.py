@@ -31,6 +31,7 @@ import sys
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import _socket
+import contextlib
 import errno
 import os
 import random
@@ -40,7 +41,7 @@ import threading
 import weakref
 from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import _args, _errors
 from . import _linux_reserved_ports as _store  # imported now: later, no descriptor may be left
@@ -703,14 +704,37 @@ _PRIVATE_UID = 2**31 - 2 if _LINUX and os.geteuid() == 0 else -1
 _every_block: weakref.WeakSet[Block] = weakref.WeakSet()
 
 
+# (thread, holders) while that thread starts a child that borrows the holders
+# (Reservation.popen): subprocess runs the fork hooks below in the child
+# before its exec when given a preexec_fn, and the holders must reach the exec.
+_passing: tuple[int, frozenset[int]] = (0, frozenset())
+
+
+@contextlib.contextmanager
+def passing_to_child(fds: list[int]) -> Iterator[None]:
+    """Within this scope, a fork by this thread keeps ``fds`` open in the child."""
+    global _passing
+    _passing = (threading.get_ident(), frozenset(fds))
+    try:
+        yield
+    finally:
+        _passing = (0, frozenset())
+
+
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
     global _lock, _MAIN_THREAD
     _lock = threading.Lock()  # another thread may have held it at fork time
     _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
+    thread, keep = _passing
+    if thread != _MAIN_THREAD:
+        keep = frozenset()
     for block in list(_every_block):
         block._lock = threading.Lock()
         if not block.closed:
+            for i in range(block.count):
+                if block._fds[i] in keep:
+                    block._fds[i] = -1  # the exec that follows takes it
             block._close_fds()
     _blocks.clear()
 
