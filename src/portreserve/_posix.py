@@ -549,6 +549,11 @@ class Block:
                     os.close(fd)
             return [(self.start + i, self._fds[i]) for i in lent]
 
+    def passing_to_child(self, fds: list[int]) -> contextlib.AbstractContextManager[None]:
+        """Wrap the start of the child that borrows ``fds`` (lent holders):
+        a fork by this thread inside keeps them open for the child's exec."""
+        return _passing_to_child(fds)
+
     def give_back(self, ports: list[int]) -> None:
         """The child that borrowed ``ports`` has exited: each holder becomes
         the block's again (readopt: the port never unbound), or, if it was
@@ -711,7 +716,7 @@ _passing: tuple[int, frozenset[int]] = (0, frozenset())
 
 
 @contextlib.contextmanager
-def passing_to_child(fds: list[int]) -> Iterator[None]:
+def _passing_to_child(fds: list[int]) -> Iterator[None]:
     """Within this scope, a fork by this thread keeps ``fds`` open in the child."""
     global _passing
     _passing = (threading.get_ident(), frozenset(fds))
