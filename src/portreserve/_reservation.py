@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _args
 from ._engine import engine
-from ._errors import InvalidParameter, from_errno
+from ._errors import InvalidParameter
 from ._records import Protocol
 
 if TYPE_CHECKING:
@@ -100,24 +100,7 @@ class Reservation:
         ReservationExhausted (every port held by an open socket).
         """
         family = _args.family("Reservation.socket", family)
-        host = _args.host("Reservation.socket", host)
-        make = getattr(self._block, "socket", None)
-        if make is not None:  # the engine hands out its holders itself
-            return make(family, host)
-        if family is None:
-            family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-        try:
-            sock = socket.socket(family, self.protocol.socket_type)
-        except OSError as exc:  # no descriptor left, no IPv6
-            raise from_errno(exc.errno, "Reservation.socket") from None
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.bind(sock, host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return self._block.socket(family, _args.host("Reservation.socket", host))
 
     def release(self) -> None:
         """Give the block back; sockets already bound from it are left alone.
