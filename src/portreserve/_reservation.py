@@ -73,6 +73,13 @@ class Reservation:
         reservation's type; ``host`` an address of its family ("" is the
         wildcard).
 
+        A ``SO_REUSEADDR`` set on ``sock`` is held back, because on a bound
+        socket that does not listen it would let anyone who sets it too bind
+        the port: on Linux and macOS ``sock`` comes back with it off; a TCP
+        socket gets it again as it listens (through ``sock.listen()``; the
+        TIME_WAIT of a restart needs it), a UDP socket never (set it after
+        the bind to share the port).  README, "What is enforced".
+
         Raises:
             TypeError: ``sock`` not a socket.socket, ``host`` not a str.
             InvalidParameter: ``sock`` closed, already bound or of the other
@@ -204,6 +211,8 @@ def bind(sock: socket.socket, token: int, host: str = "") -> int:
     ``sock`` is an unbound TCP or UDP socket of AF_INET or AF_INET6;
     ``host`` an address of its family ("" is the wildcard).  A runtime
     token must belong to this process; a persistent one may come from any.
+    A ``SO_REUSEADDR`` set on ``sock`` is held back as ``Reservation.bind``
+    says (runtime tokens).
 
     Returns:
         The port bound (host byte order).
