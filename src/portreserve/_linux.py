@@ -480,7 +480,17 @@ class Block:
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         try:
-            port = self._take(sock, host, packed, port)
+            try:
+                port = self._take(sock, host, packed, port)
+            except _errors.ReservationConflict:
+                if not reuse:
+                    raise
+                # TIME_WAIT connections of an earlier server that had it bar
+                # a bind without it (the SO_REUSEPORT path binds the user's
+                # socket): for this one bind the socket has it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                port = self._take(sock, host, packed, port)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         except BaseException:
             if reuse:  # a failed call changes nothing
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
