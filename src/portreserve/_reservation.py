@@ -231,4 +231,9 @@ def bind(sock: socket.socket, token: int, host: str = "") -> int:
     _args.sock("bind", sock)
     _args.sock_protocol("bind", sock)
     token = _args.token("bind", token)
-    return engine.bind_token(sock, token, _args.host("bind", host))
+    host = _args.host("bind", host)
+    # Before the token is looked up, which on Windows is the IOCTL itself
+    # (and an association there cannot be undone): the same answer everywhere.
+    _args.unbound("bind", sock)
+    _args.host_address("bind", sock.family, host)
+    return engine.bind_token(sock, token, host)

@@ -125,7 +125,9 @@ def associate_port_reservation(sock: socket.socket, token: int) -> None:
     call = "associate_port_reservation"
     _args.sock(call, sock)
     _args.sock_protocol(call, sock)
-    engine.associate(sock, _args.token(call, token))
+    token = _args.token(call, token)
+    _args.unbound(call, sock)  # before the token is looked up: the same answer everywhere
+    engine.associate(sock, token)
 
 
 def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:

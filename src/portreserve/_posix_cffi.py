@@ -1,6 +1,6 @@
-"""POSIX system calls through the compiled shim (csrc/pr_linux.c).
+"""POSIX system calls through the compiled shim (csrc/pr_posix.c).
 
-Same functions as _linux_ctypes.py.  Fallible single calls raise OSError
+Same functions as _posix_ctypes.py.  Fallible single calls raise OSError
 with the errno the shim captured; pr_hold reports which port failed.
 """
 

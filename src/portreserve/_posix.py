@@ -43,7 +43,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import _args, _errors
-from . import _persistent as _store  # imported now: later, no descriptor may be left
+from . import _linux_reserved_ports as _store  # imported now: later, no descriptor may be left
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -848,7 +848,7 @@ def _protocol_of(sock: socket.socket) -> Protocol:
 def _resolve(token: int, call: str) -> _AnyBlock:
     block = _blocks.get(token)
     if block is None and _LINUX:
-        block = _persistent().block_for_token(token)
+        block = _persistent_store().block_for_token(token)
     if block is None:
         raise ReservationNotFound(f"{call}: no reservation has token {token}")
     return block
@@ -899,7 +899,7 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
     return sock.getsockname()[1]
 
 
-def _persistent() -> ModuleType:
+def _persistent_store() -> ModuleType:
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
@@ -907,20 +907,20 @@ def _persistent() -> ModuleType:
 
 
 def create_persistent(protocol: Protocol, start: int, count: int) -> int:
-    return _persistent().create(protocol, start, count)
+    return _persistent_store().create(protocol, start, count)
 
 
 def delete_persistent(protocol: Protocol, start: int, count: int) -> None:
-    _persistent().delete(protocol, start, count)
+    _persistent_store().delete(protocol, start, count)
 
 
 def lookup_persistent(protocol: Protocol, start: int, count: int) -> int:
-    return _persistent().lookup(protocol, start, count)
+    return _persistent_store().lookup(protocol, start, count)
 
 
 def list_persistent(protocol: Protocol | None) -> list[PersistentReservation]:
-    return _persistent().list_all(protocol)
+    return _persistent_store().list_all(protocol)
 
 
 def restore() -> list[PersistentReservation]:
-    return _persistent().restore()
+    return _persistent_store().restore()

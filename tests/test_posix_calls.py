@@ -1,6 +1,6 @@
-"""The two POSIX system-call layers keep one contract (csrc/pr_linux.h).
+"""The two POSIX system-call layers keep one contract (csrc/pr_posix.h).
 
-_linux_cffi.py (our compiled shim) and _linux_ctypes.py (no compiled code of
+_posix_cffi.py (our compiled shim) and _posix_ctypes.py (no compiled code of
 ours) must expose the same functions and behave the same on real calls: the
 same holders, the same errno on the same mistake, the same hand-offs.  The
 last tests check how _backend.py picks one, including the fallback to ctypes
@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from helpers import LINUX, ROOT, can_bind
+from helpers import LINUX, ROOT, can_bind, freed
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX layers")
 linux_only = pytest.mark.skipif(not LINUX, reason="Linux's bind rules and sock_diag")
@@ -32,7 +32,7 @@ PRIVATE_UID = 2**31 - 2 if ROOT else -1  # as the engine picks it
 
 def _layer(name):
     try:
-        return importlib.import_module(f"portreserve._linux_{name}")
+        return importlib.import_module(f"portreserve._posix_{name}")
     except ImportError as exc:  # cffi: the compiled module may not be built
         pytest.skip(f"{name} layer unavailable: {exc}")
 
@@ -85,7 +85,7 @@ def test_hold_blocks_other_processes_until_closed(calls, type_):
     taken = calls.bound_ports(socket.IPPROTO_UDP if udp else socket.IPPROTO_TCP)
     assert taken[start] == taken[start + 2] == 1
     calls.close_all(fds, 3)
-    assert can_bind(start + 1, udp=udp)
+    assert freed(start + 1, udp=udp)
 
 
 @linux_only
@@ -96,9 +96,9 @@ def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
     fds = calls.new_fds(3)
     n, err = calls.hold(V6, TCP, start, 3, fds)
     assert (n, err) == (2, errno.EADDRINUSE)
-    assert list(fds) == [-1, -1, -1]  # no closed descriptor numbers left (pr_linux.h)
+    assert list(fds) == [-1, -1, -1]  # no closed descriptor numbers left (pr_posix.h)
     blocker.close()
-    assert can_bind(start) and can_bind(start + 1)
+    assert freed(start) and freed(start + 1)
 
 
 @linux_only
