@@ -638,15 +638,18 @@ def test_server_restarts_at_once_and_the_port_stays_closed():
             assert nobody_takes(res.start)
 
 
-def test_own_server_socket_restarts_from_the_reservation():
-    # The user's own socket: held again at the next call, TIME_WAIT and all.
+@pytest.mark.parametrize("family, host", [(socket.AF_INET6, ""), (socket.AF_INET, "127.0.0.1")])
+def test_own_server_socket_restarts_from_the_reservation(family, host):
+    # The user's own socket: held again at the next call, TIME_WAIT and all
+    # (SO_REUSEADDR, held back until listen(), still reaches the TIME_WAIT
+    # connections, and the next bind and listen() get past them).
     with portreserve.reserve(1) as res:
         for round_ in range(3):
-            server = socket.socket(socket.AF_INET6)
+            server = socket.socket(family)
             server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            assert res.bind(server) == res.start
+            assert res.bind(server, host) == res.start
             server.listen()
-            _serve_once(server, ("::1", res.start))
+            _serve_once(server, (host or "::1", res.start))
             server.close()
             res.socket().close()  # the next call holds it again
             assert nobody_takes(res.start)
