@@ -205,10 +205,13 @@ def test_options_survive_the_hand_off():
         fd = sock.fileno()
         res.bind(sock)
         assert sock.fileno() == fd
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert sock.gettimeout() == 1.5 and not os.get_blocking(fd)
         assert not os.get_inheritable(fd)
+        # SO_REUSEADDR is held back until the socket listens (README)
+        assert not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        sock.listen()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         sock.close()
 
 

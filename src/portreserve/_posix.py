@@ -464,10 +464,43 @@ class Block:
             self._out.pop(port - self.start, None)
 
     def take(self, sock: Socket, host: str, port: int = 0) -> int:
-        """Hand a port of the block (``port``, or any if 0) to the user's ``sock``."""
+        """Hand a port of the block (``port``, or any if 0) to the user's ``sock``.
+
+        A SO_REUSEADDR set on ``sock`` is off from this bind on: a TCP socket
+        gets it back as it listens (_listen), a UDP one never.
+        """
         if sock.getsockname()[1]:
             raise InvalidParameter(f"bind: {sock!r} is already bound")
         packed = _args.host_address("bind", sock.family, host)
+        # On a bound socket that does not listen, SO_REUSEADDR lets anyone
+        # who sets it too bind the same port (Linux never finds two such
+        # sockets in conflict).  Once a TCP socket listens it can no longer
+        # hurt, and a restart over TIME_WAIT needs it; UDP uses it only to
+        # share the port.
+        reuse = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        try:
+            try:
+                port = self._take(sock, host, packed, port)
+            except _errors.ReservationConflict:
+                if not reuse:
+                    raise
+                # TIME_WAIT connections of an earlier server that had it bar
+                # a bind without it (the SO_REUSEPORT path binds the user's
+                # socket): for this one bind the socket has it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                port = self._take(sock, host, packed, port)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        except BaseException:
+            if reuse:  # a failed call changes nothing
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            raise
+        if reuse and sock.type == socket.SOCK_STREAM:
+            _reuse_when_listening(sock)
+        return port
+
+    def _take(self, sock: Socket, host: str, packed: bytes, port: int) -> int:
         with _signals_held(), self._lock:
             i = self._pick(port)
             port = self.start + i
@@ -697,6 +730,52 @@ def _clear_bind_cache(port: int) -> None:
                        f"kernel's SO_REUSEPORT cache")
 
 
+# TCP sockets whose SO_REUSEADDR take() held back, and socket.socket.listen
+# while there are any: it sets the option again as such a socket listens.
+# Only listen() through Python's socket objects is seen; a socket listened
+# on otherwise (a C library on its descriptor) keeps it off, as if the user
+# had never set it.
+_reuse_on_listen: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+_listen_lock = threading.Lock()
+_plain_listen = socket.socket.listen
+
+
+def _reuse_when_listening(sock: socket.socket) -> None:
+    global _plain_listen
+    with _listen_lock:
+        _reuse_on_listen.add(sock)
+        if socket.socket.listen is not _listen:
+            _plain_listen = socket.socket.listen
+            socket.socket.listen = _listen  # type: ignore[method-assign,assignment]
+
+
+def _listen(self: socket.socket, *args: int) -> None:
+    if self not in _reuse_on_listen:
+        _plain_listen(self, *args)
+    else:
+        try:
+            _plain_listen(self, *args)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # TIME_WAIT connections of an earlier server that had
+            # SO_REUSEADDR bar a listen() without it (listen() checks the
+            # port again): for this call it is set just before.
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                _plain_listen(self, *args)
+            except BaseException:
+                self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+                raise
+        # At once: each connection copies the option as it is made, and its
+        # TIME_WAIT must have it for the port's next holder to bind beside.
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with _listen_lock:
+        _reuse_on_listen.discard(self)
+        if not _reuse_on_listen and socket.socket.listen is _listen:
+            socket.socket.listen = _plain_listen  # type: ignore[method-assign]
+
+
 _WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
                                          socket.AF_INET: ("", "0.0.0.0")}
 # Owner of both sockets during a SO_REUSEPORT hand-off on Linux, when we may
@@ -728,8 +807,9 @@ def _passing_to_child(fds: list[int]) -> Iterator[None]:
 
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
-    global _lock, _MAIN_THREAD
+    global _lock, _MAIN_THREAD, _listen_lock
     _lock = threading.Lock()  # another thread may have held it at fork time
+    _listen_lock = threading.Lock()
     _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
     thread, keep = _passing
     if thread != _MAIN_THREAD:

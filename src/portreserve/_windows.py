@@ -24,6 +24,7 @@ assert sys.platform == "win32"  # Windows only; also tells mypy to skip this mod
 from . import _args, _errors
 from ._backend import calls
 from ._errors import InvalidParameter, ReservationExhausted
+from ._interfaces import socket_from_take
 from ._records import PersistentReservation, PortReservationInstance, Protocol
 
 
@@ -85,6 +86,12 @@ class Block:
                    "bind: SIO_ASSOCIATE_PORT_RESERVATION")
         _bind(sock, (host, port), "bind")
         return sock.getsockname()[1]
+
+    def socket(self, family: int | None = None, host: str = "",
+               port: int = 0) -> socket.socket:
+        """A new socket (dual-stack if AF_INET6) bound through take(): the
+        stack keeps the reservation, there is no holder to hand out."""
+        return socket_from_take(self, family, host, port)
 
     def close(self) -> None:
         with self._lock:
