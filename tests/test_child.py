@@ -562,3 +562,21 @@ def test_child_by_number_with_preexec_fn(tmp_path):
         assert not can_bind(res.start, host="0.0.0.0", reuse=True)
         stop(child)
         held_again(res)
+
+
+@pytest.mark.parametrize("command, status", [("/nonexistent-program", 127), ("/etc/passwd", 126)])
+def test_run_of_a_command_that_cannot_start(command, status):
+    # The shell's statuses and one line, as every other error of the command.
+    out = subprocess.run([sys.executable, "-m", "portreserve", "run", "--", command],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == status, out.stderr
+    assert out.stderr.startswith(f"portreserve: run: {command}: ") and out.stderr.count("\n") == 1
+
+
+def test_handoff_of_a_released_reservation_is_refused():
+    res = portreserve.reserve(1)
+    res.release()
+    with pytest.raises(portreserve.InvalidParameter, match="released"):
+        with res.handoff():
+            pass
+    assert "_bind" not in repr(socket.socket.bind)  # Python's own bind is back

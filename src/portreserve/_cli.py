@@ -100,7 +100,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     res = portreserve.reserve(args.count, start=args.start,
                               protocol="udp" if args.udp else "tcp")
     with res:
-        proc = res.popen(command, listen_fds=args.listen_fds)
+        try:
+            proc = res.popen(command, listen_fds=args.listen_fds)
+        except (FileNotFoundError, PermissionError) as exc:
+            # The shell's statuses for a command not found / not runnable.
+            print(f"portreserve: run: {command[0]}: {exc.strerror}", file=sys.stderr)
+            return 127 if isinstance(exc, FileNotFoundError) else 126
         forwarded = (signal.SIGINT, signal.SIGTERM)
         previous = [signal.signal(sig, lambda sig, _: proc.send_signal(sig)) for sig in forwarded]
         try:
@@ -232,3 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     except (portreserve.PortReservationError, OSError) as exc:
         print(f"portreserve: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before a child took over its signals
+        print(file=sys.stderr)
+        return 130

@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _args
-from ._errors import ReservationExhausted
+from ._errors import InvalidParameter, ReservationExhausted
 
 if TYPE_CHECKING:
     from ._interfaces import Block
@@ -61,6 +61,8 @@ class Handoff:
 
     def __enter__(self) -> Reservation:
         block = self._reservation._block
+        if block.closed:  # as bind(), socket() and popen() say it
+            raise InvalidParameter(f"handoff: reservation {block.token} was released")
         with _lock:
             if not _active:
                 socket.socket.bind = _bind  # type: ignore[method-assign,assignment]
