@@ -36,6 +36,7 @@ import os
 import random
 import resource
 import socket
+import struct
 import threading
 import weakref
 from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
@@ -72,11 +73,20 @@ _associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDict
 def _new_token() -> int:
     """A token nobody can guess: 64 bits from the system's CSPRNG (not our
     seeded generator, whose output can be predicted and repeats after fork),
-    non-zero and unique among this process's live reservations."""
+    non-zero and unique among this process's live reservations.  Called with
+    _lock held.  Drawn 64 at a time (one os.urandom call costs as much as a
+    tenth of reserve(1)); a forked child drops what is left."""
+    global _token_pool
     while True:
-        token = int.from_bytes(os.urandom(8), "little")
+        if not _token_pool:
+            _token_pool = list(_unpack_tokens(os.urandom(512)))
+        token = _token_pool.pop()
         if token and token not in _blocks:
             return token
+
+
+_token_pool: list[int] = []
+_unpack_tokens = struct.Struct("<64Q").unpack
 
 
 def _raise_nofile_limit() -> bool:
@@ -228,6 +238,12 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
 
 
 _MAIN_THREAD = threading.main_thread().ident
+_get_ident = threading.get_ident
+# The main thread's saved signal mask, and how many _signals_held sections
+# it is inside (a finalizer may open one inside another): only the outermost
+# blocks and restores.
+_mask = calls.signal_state()
+_depth = 0
 
 
 class _signals_held:
@@ -237,22 +253,29 @@ class _signals_held:
     between a descriptor made and the record that owns it.  Costs two
     system calls."""
 
-    __slots__ = ("state",)
+    __slots__ = ("main",)
 
     def __enter__(self) -> None:
-        if threading.get_ident() != _MAIN_THREAD:
-            self.state = None
+        global _depth
+        self.main = _get_ident() == _MAIN_THREAD
+        if not self.main:
             return
-        state = self.state = calls.signal_state()
+        _depth += 1
+        if _depth > 1:
+            return
         try:
-            calls.hold_signals(state)
+            calls.hold_signals(_mask)
         except BaseException:  # a handler that was already due: nothing done yet
-            calls.restore_signals(state)
+            _depth -= 1
+            calls.restore_signals(_mask)
             raise
 
     def __exit__(self, *exc_info) -> None:
-        if self.state is not None:
-            calls.restore_signals(self.state)
+        global _depth
+        if self.main:
+            _depth -= 1
+            if not _depth:
+                calls.restore_signals(_mask)
 
 
 class Block:
@@ -666,9 +689,13 @@ _every_block: weakref.WeakSet[Block] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
-    global _lock, _MAIN_THREAD
+    global _lock, _MAIN_THREAD, _depth, _mask, _token_pool
     _lock = threading.Lock()  # another thread may have held it at fork time
-    _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
+    if threading.get_ident() != _MAIN_THREAD:
+        # The forking thread is the child's main one, with its own signal
+        # mask: the sections the parent's main thread was in are not its.
+        _MAIN_THREAD, _depth, _mask = threading.get_ident(), 0, calls.signal_state()
+    _token_pool = []  # the parent's unused tokens, which it still hands out
     for block in list(_every_block):
         block._lock = threading.Lock()
         if not block.closed:
