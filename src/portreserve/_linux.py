@@ -242,7 +242,7 @@ _get_ident = threading.get_ident
 # The main thread's saved signal mask, and how many _signals_held sections
 # it is inside (a finalizer may open one inside another): only the outermost
 # blocks and restores.
-_mask = calls.signal_state()
+_mask: Any = None  # made at the first section (the backend may refuse: a bad setting)
 _depth = 0
 
 
@@ -256,13 +256,16 @@ class _signals_held:
     __slots__ = ("main",)
 
     def __enter__(self) -> None:
-        global _depth
+        global _depth, _mask
         self.main = _get_ident() == _MAIN_THREAD
         if not self.main:
             return
-        _depth += 1
-        if _depth > 1:
+        if _depth:
+            _depth += 1
             return
+        if _mask is None:
+            _mask = calls.signal_state()
+        _depth = 1
         try:
             calls.hold_signals(_mask)
         except BaseException:  # a handler that was already due: nothing done yet
@@ -303,7 +306,11 @@ class Block:
         self.closed = True  # nothing to close until the holders are in _fds
         self._fds = calls.new_fds(count)
         self.count, self.protocol = count, protocol
+        self._type = protocol.socket_type
         self._lock = threading.Lock()
+        # (port, fd) of handed-out holders the garbage collector closed; taken
+        # back at the next call (a finalizer may run while the lock is held).
+        self._dropped: list[tuple[int, int]] = []
         _every_block.add(self)
         self.closed = False
         try:
@@ -316,13 +323,11 @@ class Block:
         self.start, self.family = start, _family
         # Free indexes as an ordered set: O(1) to take any or a given one;
         # the port given back last is handed out first, the lowest at start.
-        self._free: dict[int, None] = dict.fromkeys(range(count - 1, -1, -1))
+        self._free: dict[int, None] = (
+            {0: None} if count == 1 else dict.fromkeys(range(count - 1, -1, -1)))
         self._lent: dict[int, weakref.ref] = {}
         self._out: dict[int, weakref.ref] = {}
         self._lost: set[int] = set()
-        # (port, fd) of handed-out holders the garbage collector closed; taken
-        # back at the next call (a finalizer may run while the lock is held).
-        self._dropped: list[tuple[int, int]] = []
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
@@ -334,8 +339,9 @@ class Block:
         # close_all marks each entry -1 as it goes: interrupted, it can be
         # called again, and the block counts as closed only once it finished.
         calls.close_all(self._fds, self.count)
-        for port, fd in self._drain_dropped():
-            os.close(fd)
+        if self._dropped:
+            for port, fd in self._drain_dropped():
+                os.close(fd)
         self.closed = True
 
     def _drain_dropped(self) -> list[tuple[int, int]]:
@@ -349,21 +355,23 @@ class Block:
         """An index whose holder is free (``port``'s, or any if 0); the lock is held."""
         if self.closed:
             raise InvalidParameter(f"bind: reservation {self.token} was released")
-        for dropped_port, fd in self._drain_dropped():
-            self._readopt(dropped_port, fd, True)
-        self._collect()
-        last = self.start + self.count - 1
+        if self._dropped:
+            for dropped_port, fd in self._drain_dropped():
+                self._readopt(dropped_port, fd, True)
+        if self._lent or self._lost:
+            self._collect()
         if port:
             i = port - self.start
             if not 0 <= i < self.count:
-                raise InvalidParameter(f"bind: port {port} is not in block {self.start}..{last}")
+                raise InvalidParameter(f"bind: port {port} is not in block "
+                                       f"{self.start}..{self.start + self.count - 1}")
             if i not in self._free:
                 raise ReservationExhausted(f"bind: port {port} is in use")
             del self._free[i]
             return i
         if not self._free:
-            raise ReservationExhausted(
-                f"bind: every port of {self.start}..{last} is held by an open socket")
+            raise ReservationExhausted(f"bind: every port of {self.start}.."
+                                       f"{self.start + self.count - 1} is held by an open socket")
         return self._free.popitem()[0]
 
     def _collect(self) -> None:
@@ -400,8 +408,8 @@ class Block:
         InvalidParameter (released, bad host) or ReservationExhausted.
         """
         if family is None:
-            family = _family_for(host, self.family)
-        type_ = self.protocol.socket_type
+            family = _family_for(host, self.family) if host else self.family
+        type_ = self._type
         if family != self.family or host not in _WILDCARD[family]:
             try:
                 sock = socket.socket(family, type_)
@@ -415,20 +423,19 @@ class Block:
                 sock.close()
                 raise
             return sock
-        with _signals_held():
-            with self._lock:
-                i = self._pick(port)
-                if type_ == socket.SOCK_DGRAM:
-                    try:
-                        calls.open_input(self._fds[i], _udp_rcvbuf())
-                    except OSError as exc:
-                        fd, self._fds[i] = self._fds[i], -1
-                        self._readopt(self.start + i, fd, True)  # deaf again, and free
-                        raise _errors.from_errno(exc.errno, "Reservation.socket") from None
-                sock = _HeldSocket(family, type_, 0, self._fds[i])
-                self._fds[i] = -1  # the socket object owns the holder from here
-                sock._block, sock._port = self, self.start + i
-                self._out[i] = weakref.ref(sock)
+        with _signals_held(), self._lock:
+            i = self._pick(port)
+            if type_ == socket.SOCK_DGRAM:
+                try:
+                    calls.open_input(self._fds[i], _udp_rcvbuf())
+                except OSError as exc:
+                    fd, self._fds[i] = self._fds[i], -1
+                    self._readopt(self.start + i, fd, True)  # deaf again, and free
+                    raise _errors.from_errno(exc.errno, "Reservation.socket") from None
+            sock = _HeldSocket(family, type_, 0, self._fds[i])
+            self._fds[i] = -1  # the socket object owns the holder from here
+            sock._block, sock._port = self, self.start + i
+            self._out[i] = weakref.ref(sock)
             return sock
 
     def readopt(self, port: int, fd: int, reset_options: bool = True) -> None:
@@ -694,7 +701,7 @@ def _after_fork_in_child() -> None:
     if threading.get_ident() != _MAIN_THREAD:
         # The forking thread is the child's main one, with its own signal
         # mask: the sections the parent's main thread was in are not its.
-        _MAIN_THREAD, _depth, _mask = threading.get_ident(), 0, calls.signal_state()
+        _MAIN_THREAD, _depth, _mask = threading.get_ident(), 0, None
     _token_pool = []  # the parent's unused tokens, which it still hands out
     for block in list(_every_block):
         block._lock = threading.Lock()

@@ -97,8 +97,9 @@ class Reservation:
         InvalidParameter (released, bad family or host) or
         ReservationExhausted (every port held by an open socket).
         """
-        family = _args.family("Reservation.socket", family)
-        host = _args.host("Reservation.socket", host)
+        if family is not None or host.__class__ is not str or host:  # else nothing to check
+            family = _args.family("Reservation.socket", family)
+            host = _args.host("Reservation.socket", host)
         make = getattr(self._block, "socket", None)
         if make is not None:  # the engine hands out its holders itself
             return make(family, host)
