@@ -14,7 +14,7 @@ CSRC = pathlib.Path(__file__).parent / "csrc"
 if sys.platform == "win32":
     HEADER, SOURCES, LIBRARIES = "pr_windows.h", ["csrc/pr_windows.c"], ["ws2_32", "iphlpapi"]
 else:
-    HEADER, SOURCES, LIBRARIES = "pr_linux.h", ["csrc/pr_linux.c"], []
+    HEADER, SOURCES, LIBRARIES = "pr_posix.h", ["csrc/pr_posix.c"], []
 
 ffibuilder = FFI()
 ffibuilder.cdef((CSRC / HEADER).read_text())

@@ -1,6 +1,6 @@
 /* The physical floor: the system calls of each benchmarked operation in a
  * tight C loop, with no Python in between.  The runner compiles this file
- * together with csrc/pr_linux.c, so "shim" cases make exactly the calls the
+ * together with csrc/pr_posix.c, so "shim" cases make exactly the calls the
  * cffi backend makes, and "min" cases the fewest calls that do the job.
  *
  * Usage: floor ROUNDS ITERS idle|busy
@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "pr_linux.h"
+#include "pr_posix.h"
 
 static int rounds, iters;
 static int fds[10000];

@@ -1,6 +1,6 @@
 """The benchmark runner: ``python -m benchmarks [--quick] [--json PATH] [--plot PATH]``.
 
-It compiles the C floor (floor.c with csrc/pr_linux.c), installs the peers
+It compiles the C floor (floor.c with csrc/pr_posix.c), installs the peers
 if they are missing (portpicker, ephemeral-port-reserve, port-for, and
 matplotlib for --plot; each is optional and marked missing if it cannot be
 had), runs every section in its own child process - in a private network
@@ -92,7 +92,7 @@ PROBLEMS: list[str] = []
 
 def build_floor(tmp: str) -> str | None:
     cc = shutil.which("cc") or shutil.which("gcc")
-    source = ROOT / "csrc" / "pr_linux.c"
+    source = ROOT / "csrc" / "pr_posix.c"
     if cc is None or not source.exists():
         return None
     exe = os.path.join(tmp, "floor")

@@ -214,13 +214,13 @@ def _bound_sockets() -> list:
 
 
 def _snapshot(state_dir: str) -> dict:
-    from portreserve import _linux
+    from portreserve import _posix
     with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
         kernel = f.read()
     return {"fds": sorted(os.listdir("/proc/self/fd")), "bound": _bound_sockets(),
             "kernel": kernel,
             "state_dir": sorted(os.listdir(state_dir)) if os.path.exists(state_dir) else None,
-            "blocks": sorted(_linux._blocks), "associated": len(_linux._associated)}
+            "blocks": sorted(_posix._blocks), "associated": len(_posix._associated)}
 
 
 class CliResult(Exception):

@@ -30,7 +30,7 @@ from portreserve._records import Protocol
 
 WINDOWS = sys.platform == "win32"
 LINUX = sys.platform.startswith("linux")
-OS = "windows" if WINDOWS else "linux"
+OS = "windows" if WINDOWS else "posix"
 CALLS = _interfaces.WindowsCalls if WINDOWS else _interfaces.PosixCalls
 
 
@@ -151,7 +151,7 @@ def test_engine_keeps_its_protocol():
 def _block_classes():
     classes = [importlib.import_module(f"portreserve._{OS}").Block]
     if LINUX:  # a persistent token resolves to a block of its own kind
-        classes.append(importlib.import_module("portreserve._persistent")._Block)
+        classes.append(importlib.import_module("portreserve._linux_reserved_ports")._Block)
     return classes
 
 
@@ -186,7 +186,7 @@ def test_a_real_block_has_every_member_with_its_type(protocol):
 
 @pytest.mark.skipif(not LINUX, reason="persistent blocks are Linux's")
 def test_a_persistent_block_has_every_member():
-    from portreserve._persistent import _Block
+    from portreserve._linux_reserved_ports import _Block
 
     block = _Block({"protocol": "udp", "start": 7000, "count": 3, "token": 12345})
     assert isinstance(block, _interfaces.Block)

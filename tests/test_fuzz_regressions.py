@@ -41,14 +41,14 @@ def test_target_holds(target, path):
 
 @pytest.mark.parametrize("target,path", _files("regressions"), ids=lambda v: os.path.basename(v))
 def test_found_inputs_are_refused(target, path):
-    from portreserve import _persistent, _port_list
+    from portreserve import _linux_reserved_ports, _port_list
     with open(path, "rb") as f:
         data = f.read()
     with pytest.raises(ValueError):
         if target == "port_list":
             _port_list.parse_port_list(data.decode("utf-8", "replace"))
         else:
-            _persistent._parse(data)
+            _linux_reserved_ports._parse(data)
 
 
 def test_a_short_fuzz_run_finds_nothing():

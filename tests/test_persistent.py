@@ -28,7 +28,7 @@ import json, os, random, signal, socket, subprocess, sys, textwrap, time
 import portreserve
 from portreserve import (AccessDenied, InvalidParameter, ReservationConflict,
                          ReservationExhausted, ReservationNotFound, lowlevel)
-from portreserve import _persistent
+from portreserve import _linux_reserved_ports
 
 KLIST = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 WORKER = {WORKER!r}
@@ -281,7 +281,7 @@ def test_unprivileged_child_is_denied(shared_dir, monkeypatch):
         before = kernel()
         drop = '''
             import os, portreserve
-            from portreserve import _persistent, AccessDenied, ReservationNotFound
+            from portreserve import _linux_reserved_ports, AccessDenied, ReservationNotFound
             os.setgroups([]); os.setgid(65534); os.setuid(65534)
             assert os.geteuid() == 65534
             def denied(fn, *args, **kwargs):
@@ -299,7 +299,7 @@ def test_unprivileged_child_is_denied(shared_dir, monkeypatch):
             print(len(portreserve.list_persistent()))
             denied(portreserve.create_persistent, 4100, 1)
             denied(portreserve.delete_persistent, 4000, 2)
-            denied(_persistent.restore)
+            denied(_linux_reserved_ports.restore)
         ''')
         assert out.split() == [str(token), "1"], out
         assert kernel() == before
@@ -498,21 +498,21 @@ def test_restore_after_a_reboot():
         # Same boot, but someone rewrote the list: not applied until restore.
         set_kernel("3000")
         assert [r.applied for r in portreserve.list_persistent()] == [False, False]
-        assert [r.applied for r in _persistent.restore()] == [True, True]
+        assert [r.applied for r in _linux_reserved_ports.restore()] == [True, True]
         assert kernel() == "3000,5000-5002"
 
         # A reboot: an empty kernel list and another boot id (the hook of
-        # _persistent's docstring; a child process, so no state is cached).
+        # _linux_reserved_ports's docstring; a child process, so no state is cached).
         set_kernel("5000")  # at this boot someone else lists 5000 first
         fake = os.path.join(os.environ["PORTRESERVE_STATE_DIR"], "..", "boot_id")
         with open(fake, "w") as f:
             f.write("00000000-1111-2222-3333-444444444444\\n")
-        hook = f"from portreserve import _persistent; _persistent.BOOT_ID_PATH = {fake!r}\\n"
+        hook = f"from portreserve import _linux_reserved_ports; _linux_reserved_ports.BOOT_ID_PATH = {fake!r}\\n"
         out = child(hook, '''
             import portreserve
             print([r.applied for r in portreserve.list_persistent()])
             print(portreserve.lookup_persistent(5000, 2))
-            print([(r.start, r.token, r.applied) for r in _persistent.restore()])
+            print([(r.start, r.token, r.applied) for r in _linux_reserved_ports.restore()])
             print(open("/proc/sys/net/ipv4/ip_local_reserved_ports").read().strip())
             portreserve.delete_persistent(5000, 2)
             print(open("/proc/sys/net/ipv4/ip_local_reserved_ports").read().strip())
@@ -543,7 +543,7 @@ def test_hostile_state_directory_is_refused(shared_dir):
         with open(victim, "w") as f:
             f.write("precious\\n")
         os.chmod(victim, 0o600)
-        key = _persistent._netns_key()
+        key = _linux_reserved_ports._netns_key()
         # uid 65534 prepares a store: every name root would write, planted as a
         # link (the old fixed temporary, the state file, a dangling lock).
         as_other('''
@@ -600,7 +600,7 @@ def test_links_inside_our_own_store_are_never_followed(shared_dir):
             f.write("precious\\n")
         store = os.environ["PORTRESERVE_STATE_DIR"] = os.path.join(base, "store")
         os.mkdir(store, 0o755)
-        key = _persistent._netns_key()
+        key = _linux_reserved_ports._netns_key()
         state = os.path.join(store, key + ".json")
 
         # A link at the old fixed temporary name: no longer a name we write.
@@ -676,7 +676,7 @@ def test_nobody_else_can_hold_the_lock(shared_dir):
         ''', lock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"
         before = (kernel(), saved())
-        _persistent.LOCK_TIMEOUT = 0.5
+        _linux_reserved_ports.LOCK_TIMEOUT = 0.5
         exc = fails(portreserve.PortReservationError, 1460, portreserve.create_persistent, 6000, 1)
         assert exc.errno == 110 and lock in str(exc), exc
         fails(portreserve.PortReservationError, 1460, portreserve.delete_persistent, 5000, 1)
@@ -735,14 +735,14 @@ def test_damaged_state_files_are_refused_whole():
         DAMAGED = {DAMAGED!r}
         store = os.environ["PORTRESERVE_STATE_DIR"]
         os.makedirs(store, 0o755)
-        path = os.path.join(store, _persistent._netns_key() + ".json")
+        path = os.path.join(store, _linux_reserved_ports._netns_key() + ".json")
 
         def calls():
             sock = socket.socket()
             try:
                 yield "create", lambda: portreserve.create_persistent(6000, 1)
                 yield "delete", lambda: portreserve.delete_persistent(5000, 1)
-                yield "restore", _persistent.restore
+                yield "restore", _linux_reserved_ports.restore
                 yield "lookup", lambda: portreserve.lookup_persistent(5000, 1)
                 yield "list", portreserve.list_persistent
                 yield "bind", lambda: portreserve.bind(sock, 1)
@@ -796,7 +796,7 @@ def test_damaged_state_files_are_refused_whole():
         refused("directory")
         os.rmdir(path)
         with open(path, "wb") as f:
-            f.truncate(_persistent.MAX_STATE_BYTES + 1)
+            f.truncate(_linux_reserved_ports.MAX_STATE_BYTES + 1)
         refused("oversized")
         os.unlink(path)
 

@@ -412,7 +412,7 @@ def test_udp_holder_drops_what_it_receives():
 def test_ipv4_holders_on_a_host_without_ipv6():
     # The fallback taken when AF_INET6 sockets cannot be created (EAFNOSUPPORT).
     child = subprocess.Popen([sys.executable, "-c", (
-        "import socket, sys, portreserve, portreserve._linux as linux\n"
+        "import socket, sys, portreserve, portreserve._posix as linux\n"
         "linux._family = socket.AF_INET\n"
         "res = portreserve.reserve(3)\n"
         "s = res.socket()\n"

@@ -188,11 +188,11 @@ CORPUS = Path(__file__).parent / "sanitize" / "corpus" / "diag"
 
 
 def _parsers():
-    from portreserve import _linux_ctypes
-    parsers = {"ctypes": _linux_ctypes}
+    from portreserve import _posix_ctypes
+    parsers = {"ctypes": _posix_ctypes}
     try:
-        from portreserve import _linux_cffi
-        parsers["cffi"] = _linux_cffi
+        from portreserve import _posix_cffi
+        parsers["cffi"] = _posix_cffi
     except ImportError:
         pass
     return parsers

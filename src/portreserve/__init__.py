@@ -20,7 +20,7 @@ from ._errors import (
     ReservationNotFound,
 )
 from ._overlapped import Completion, CompletionPort
-from ._persistent_api import create_persistent, delete_persistent, list_persistent, lookup_persistent
+from ._persistent import create_persistent, delete_persistent, list_persistent, lookup_persistent
 from ._records import PersistentReservation, PortReservationInstance, Protocol
 from ._reservation import Reservation, bind, reserve
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._errors import ERROR_INVALID_PARAMETER, InvalidParameter
 from ._interfaces import PosixCalls, WindowsCalls
 
-_OS = "windows" if sys.platform == "win32" else "linux"
+_OS = "windows" if sys.platform == "win32" else "posix"
 
 
 def _load(name: str) -> ModuleType:
@@ -74,5 +74,5 @@ if TYPE_CHECKING:
         from . import _windows_cffi, _windows_ctypes
         _layers: tuple[WindowsCalls, ...] = (_windows_cffi, _windows_ctypes)
     else:
-        from . import _linux_cffi, _linux_ctypes
-        _layers: tuple[PosixCalls, ...] = (_linux_cffi, _linux_ctypes)
+        from . import _posix_cffi, _posix_ctypes
+        _layers: tuple[PosixCalls, ...] = (_posix_cffi, _posix_ctypes)

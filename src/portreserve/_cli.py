@@ -93,13 +93,37 @@ def _cmd_demo(args) -> None:
     _say("done")
 
 
+def _cmd_run(args) -> int:
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        raise portreserve.InvalidParameter("run: no command given (portreserve run -- CMD ...)")
+    res = portreserve.reserve(args.count, start=args.start,
+                              protocol="udp" if args.udp else "tcp")
+    with res:
+        proc = res.popen(command, listen_fds=args.listen_fds)
+        forwarded = (signal.SIGINT, signal.SIGTERM)
+        previous = [signal.signal(sig, lambda sig, _: proc.send_signal(sig)) for sig in forwarded]
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in zip(forwarded, previous):
+                signal.signal(sig, handler)
+    # A child killed by a signal: the shell's convention.
+    return code if code >= 0 else 128 - code
+
+
 def _cmd_reserve(args) -> None:
     res = portreserve.reserve(args.count, start=args.start,
                               protocol="udp" if args.udp else "tcp")
     with res:
         _say(f"{res.protocol.value} {res.start}-{res.start + res.count - 1} token={res.token:#x}")
-        if args.hold:
-            _say("holding; press Ctrl-C to release")
+        if not args.hold:
+            print("portreserve: released as this command exits; the ports are free for anyone "
+                  "now. To give them to a program: portreserve run -- CMD {port}",
+                  file=sys.stderr)
+        else:
+            _say("holding: no program can bind these ports, yours included, until Ctrl-C "
+                 "releases them (portreserve run -- CMD {port} gives them to a program)")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             try:
                 signal.pause() if hasattr(signal, "pause") else input()
@@ -134,6 +158,8 @@ def _cmd_persistent(args) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="portreserve", description="Real TCP/UDP port reservations.")
+    parser.add_argument("--version", action="version",
+                        version=f"portreserve {portreserve.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run the reference pages' examples end to end")
@@ -141,12 +167,40 @@ def _parser() -> argparse.ArgumentParser:
                       help="add the persistent example (needs admin / CAP_NET_ADMIN)")
     demo.set_defaults(run=_cmd_demo)
 
-    res = sub.add_parser("reserve", help="reserve COUNT consecutive ports and print them")
+    run = sub.add_parser(
+        "run", help="reserve ports and run CMD with them; exits with CMD's status",
+        description="Reserve ports and run CMD so that it gets them: {port}, {port0}, "
+                    "{port1}... in its arguments become the ports, and its environment has "
+                    "PORT and PORTRESERVE_PORTS=START-END.  CMD binds the ports by number "
+                    "(nobody else can take them, where README says so), or with "
+                    "--listen-fds gets them as bound sockets 3, 4... (LISTEN_FDS).  The "
+                    "ports are released when CMD exits; SIGINT and SIGTERM are passed on "
+                    "to it.",
+        usage="portreserve run [--count N] [--start P] [--udp] [--listen-fds] -- CMD [ARG...]")
+    run.add_argument("--count", type=int, default=1, metavar="N",
+                     help="number of consecutive ports (default 1)")
+    run.add_argument("--start", type=int, default=0, metavar="P",
+                     help="first port (default: any free block)")
+    run.add_argument("--udp", action="store_true", help="UDP ports (default TCP)")
+    run.add_argument("--listen-fds", action="store_true",
+                     help="pass the ports as bound sockets (systemd socket activation)")
+    run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="CMD [ARG...]")
+    run.set_defaults(run=_cmd_run)
+
+    res = sub.add_parser(
+        "reserve", help="reserve ports, print them, and release them when this command exits",
+        description="Reserve COUNT consecutive ports and print them.  The ports are released "
+                    "as soon as this command exits: without --hold that is at once, so the "
+                    "printed ports are free again and anyone may take them.  --hold keeps "
+                    "them reserved until Ctrl-C or SIGTERM, but then nobody can bind them, "
+                    "the program you meant them for included.  To give ports to a program, "
+                    "use: portreserve run -- CMD {port}")
     res.add_argument("count", type=int, metavar="COUNT")
     res.add_argument("--start", type=int, default=0, metavar="P",
                      help="first port (default: any free block)")
     res.add_argument("--udp", action="store_true", help="reserve UDP ports (default TCP)")
-    res.add_argument("--hold", action="store_true", help="hold the block until Ctrl-C")
+    res.add_argument("--hold", action="store_true",
+                     help="keep the block reserved (blocked for every program) until Ctrl-C")
     res.set_defaults(run=_cmd_reserve)
 
     per = sub.add_parser("persistent", help="host-wide reservations that outlive the process")
@@ -174,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"portreserve: {refused}", file=sys.stderr)
         return 2
     try:
-        args.run(args)
+        return args.run(args) or 0
     except (portreserve.PortReservationError, OSError) as exc:
         print(f"portreserve: {exc}", file=sys.stderr)
         return 1
-    return 0

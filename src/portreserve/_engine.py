@@ -1,6 +1,6 @@
 """The per-OS engine, chosen once (its interface: ``Engine`` in _interfaces.py).
 
-_linux.py serves Linux and macOS, _windows.py Windows; the public modules
+_posix.py serves Linux and macOS, _windows.py Windows; the public modules
 call ``engine.*`` after checking arguments.
 """
 
@@ -15,7 +15,7 @@ from ._interfaces import Engine
 if sys.platform == "win32":
     from . import _windows as _impl
 else:
-    from . import _linux as _impl
+    from . import _posix as _impl
 
 # A module as a Protocol instance: mypy checks every member's signature here.
 engine: Engine = _impl

@@ -2,15 +2,15 @@
 
 portreserve has three layers (docs/API.md is the contract of the top one):
 
-    public API (_reservation, _persistent_api, lowlevel, _overlapped, aio, _cli)
+    public API (_reservation, _persistent, lowlevel, _overlapped, aio, _cli)
         |  checks arguments, then calls
     engine: one per OS, chosen once in _engine.py            -> ``Engine``
-        |  _linux.py (Linux and macOS) or _windows.py
+        |  _posix.py (Linux and macOS) or _windows.py
         |  keeps the policy: lifetimes, hand-offs, error classes
     system-call layer: one per OS, chosen once in _backend.py -> ``PosixCalls``
-        |  _linux_cffi.py / _linux_ctypes.py                     or ``WindowsCalls``
+        |  _posix_cffi.py / _posix_ctypes.py                     or ``WindowsCalls``
         |  _windows_cffi.py / _windows_ctypes.py
-        |  makes the calls of csrc/pr_linux.h or csrc/pr_windows.h, no policy
+        |  makes the calls of csrc/pr_posix.h or csrc/pr_windows.h, no policy
 
 Both engines of a platform family and both system-call layers of an OS
 implement these Protocols as modules; mypy checks that where the choice is
@@ -96,7 +96,7 @@ class Block(typing.Protocol):
 class Engine(typing.Protocol):
     """What a per-OS engine module offers the public layer.
 
-    Implemented by _linux.py (Linux, macOS) and _windows.py.  Every argument
+    Implemented by _posix.py (Linux, macOS) and _windows.py.  Every argument
     has been checked by the caller: protocols are ``Protocol`` members,
     blocks lie inside 1..65535 (``start`` 0 only where a wildcard is allowed),
     sockets are open TCP or UDP sockets of AF_INET or AF_INET6.
@@ -139,9 +139,9 @@ class Engine(typing.Protocol):
 
 @typing.runtime_checkable
 class PosixCalls(typing.Protocol):
-    """The POSIX system-call layer: csrc/pr_linux.h, one function per pr_ call.
+    """The POSIX system-call layer: csrc/pr_posix.h, one function per pr_ call.
 
-    Implemented by _linux_cffi.py (the compiled shim) and _linux_ctypes.py.
+    Implemented by _posix_cffi.py (the compiled shim) and _posix_ctypes.py.
     Single calls raise OSError with the errno of the failing system call;
     ``hold`` reports instead, as it says.  Descriptors are close-on-exec.
     """

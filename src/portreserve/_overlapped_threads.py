@@ -1,7 +1,7 @@
 """The overlapped engine of Linux and macOS: worker threads (see _overlapped_types.py).
 
 Linux has no asynchronous form of these calls (it has no reservation call at
-all: a reservation is a set of holder sockets, see _linux.py), so this engine
+all: a reservation is a set of holder sockets, see _posix.py), so this engine
 gives the completion-port model with threads:
 
 * A CompletionPort is a queue of completions plus a pipe that is readable

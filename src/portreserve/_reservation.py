@@ -9,7 +9,8 @@ socket at bind (docs/linux.md; README's "What is enforced" gives each case).
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+import subprocess
+from typing import TYPE_CHECKING, Any
 
 from . import _args
 from ._engine import engine
@@ -17,6 +18,7 @@ from ._errors import InvalidParameter, from_errno
 from ._records import Protocol
 
 if TYPE_CHECKING:
+    from ._handoff import Handoff
     from ._interfaces import Block
 
 
@@ -137,6 +139,36 @@ class Reservation:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def popen(self, args: Any, *, listen_fds: bool = False,
+              **kwargs: Any) -> subprocess.Popen:  # type: ignore[type-arg]
+        """Start ``args`` (as ``subprocess.Popen``) with the block's ports (docs/API.md 1b).
+
+        ``{port}``, ``{port0}``, ``{port1}``... in ``args`` become the ports;
+        the child's environment gets ``PORT`` and ``PORTRESERVE_PORTS``
+        (``START-END``).  With ``listen_fds`` it gets the ports as bound
+        sockets (TCP listening), descriptors 3, 4, ... with ``LISTEN_FDS``,
+        ``LISTEN_PID`` and ``LISTEN_FDNAMES`` (the port numbers); otherwise
+        it binds them by number (README, "Giving the port to the code that
+        needs it", says where that has a window).  The ports come back to the
+        block when ``wait()`` or ``poll()`` sees the child exit.  Returns a
+        ``subprocess.Popen``; raises InvalidParameter for a placeholder past
+        the block or a released reservation, and what Popen raises.
+        """
+        from . import _child
+        if self.closed:
+            raise InvalidParameter(f"popen: reservation {self.token} was released")
+        return _child.popen(self, args, listen_fds=listen_fds, **kwargs)
+
+    def handoff(self) -> Handoff:
+        """A context manager: while it is active, ``socket.socket.bind((host, p))``
+        anywhere in this process, for ``p`` a port of the block, is served from
+        the reservation (the socket gets ``p`` as ``Reservation.bind`` gives it).
+        Other binds are untouched.  Re-entrant and thread-safe; ``__enter__``
+        returns the Reservation.
+        """
+        from ._handoff import Handoff
+        return Handoff(self)
 
     def __repr__(self) -> str:
         state = "released" if self.closed else "held"

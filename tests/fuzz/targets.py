@@ -14,7 +14,7 @@ import sys
 if sys.platform == "win32":  # pragma: no cover - the state file is Linux's
     raise ImportError("the fuzz targets read Linux's formats")
 
-from portreserve import _persistent, _port_list
+from portreserve import _linux_reserved_ports, _port_list
 
 # Inputs longer than this are cut: the kernel's list is one page, and the
 # state reader's limits are tested apart (tests/test_persistent.py).
@@ -43,12 +43,12 @@ def port_list(data: bytes) -> None:
 
 def state_file(data: bytes) -> None:
     try:
-        boot_id, reservations, added = _persistent._parse(data[:MAX_LEN])
+        boot_id, reservations, added = _linux_reserved_ports._parse(data[:MAX_LEN])
     except (ValueError, RecursionError):
         return
     # Accepted: exactly the shapes the store uses, and it writes them back alike.
-    state = _persistent._State("fuzz", boot_id, reservations, added)
-    assert _persistent._parse(state.dump()) == (boot_id, reservations, added)
+    state = _linux_reserved_ports._State("fuzz", boot_id, reservations, added)
+    assert _linux_reserved_ports._parse(state.dump()) == (boot_id, reservations, added)
     assert added <= state.reserved()
     for r in reservations:
         assert r["protocol"] in ("tcp", "udp") and 1 <= r["start"] <= 65535

@@ -3,8 +3,8 @@
 # the macOS libc headers), for x86_64 and arm64 at the wheels' deployment
 # target, with -Werror.
 #
-# What it proves: csrc/pr_linux.c, and the C that cffi generates from
-# build_ffi.py (the cdef in pr_linux.h plus cffi's glue), compile against
+# What it proves: csrc/pr_posix.c, and the C that cffi generates from
+# build_ffi.py (the cdef in pr_posix.h plus cffi's glue), compile against
 # the macOS system headers without a warning.
 # What it cannot: nothing here links or runs; whether the calls behave on
 # macOS is for the GitHub macOS runners (.github/workflows/ci.yml).  The
@@ -31,7 +31,7 @@ pyinc=$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$pyinc/Python.h" ] || { echo "no Python.h in $pyinc"; exit 1; }
 
 for target in "${TARGETS[@]}"; do
-    python -m ziglang cc -target "$target" "${FLAGS[@]}" csrc/pr_linux.c -o "$out/pr_linux-$target.o"
+    python -m ziglang cc -target "$target" "${FLAGS[@]}" csrc/pr_posix.c -o "$out/pr_posix-$target.o"
     python -m ziglang cc -target "$target" "${FLAGS[@]}" -DPy_LIMITED_API=0x030A0000 \
         -Icsrc -I"$pyinc" "$out/_pr_cffi.c" -o "$out/_pr_cffi-$target.o"
     echo "ok: $target"

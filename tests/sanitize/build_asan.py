@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 
 ffi = FFI()
-ffi.cdef((CSRC / "pr_linux.h").read_text())
-ffi.set_source("portreserve._pr_cffi", '#include "pr_linux.h"',
-               sources=[str(CSRC / "pr_linux.c")], include_dirs=[str(CSRC)])
+ffi.cdef((CSRC / "pr_posix.h").read_text())
+ffi.set_source("portreserve._pr_cffi", '#include "pr_posix.h"',
+               sources=[str(CSRC / "pr_posix.c")], include_dirs=[str(CSRC)])
 print(ffi.compile(tmpdir=sys.argv[1]))

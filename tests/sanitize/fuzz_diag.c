@@ -1,8 +1,8 @@
 /* libFuzzer target for pr_parse_diag, the parser of sock_diag dump replies
- * in csrc/pr_linux.c.  Built by run.sh with ASan and UBSan:
+ * in csrc/pr_posix.c.  Built by run.sh with ASan and UBSan:
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
- *       tests/sanitize/fuzz_diag.c csrc/pr_linux.c
+ *       tests/sanitize/fuzz_diag.c csrc/pr_posix.c
  *
  * The input is copied into a buffer of exactly its size, so a read past the
  * end is caught, and to an odd address, so the parser cannot lean on the
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pr_linux.h"
+#include "pr_posix.h"
 
 static unsigned char map[65536];
 

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from portreserve import _linux_ctypes as py_parser
+from portreserve import _posix_ctypes as py_parser
 
 try:
-    from portreserve import _linux_cffi as c_parser
+    from portreserve import _posix_cffi as c_parser
 except ImportError:  # no compiled shim: the Python parser alone
     c_parser = None
 

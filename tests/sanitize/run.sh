@@ -51,7 +51,7 @@ fuzzer_ok || { echo "clang cannot link libFuzzer"; exit 1; }
 
 step "libFuzzer: pr_parse_diag (C), ASan + UBSan, ${fuzz_seconds} s"
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$repo/csrc" tests/sanitize/fuzz_diag.c csrc/pr_linux.c -o "$work/fuzz_diag"
+    -I"$repo/csrc" tests/sanitize/fuzz_diag.c csrc/pr_posix.c -o "$work/fuzz_diag"
 # New inputs go to a scratch corpus; the kept one is read only.
 mkdir -p "$work/corpus"
 "$work/fuzz_diag" -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1 \
@@ -86,7 +86,7 @@ export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}" PORTRESERVE_BACKEND=cf
 # The test files that drive the shim (the others test Python layers above
 # it, or Windows); those that this checkout lacks are left out.
 files=()
-for f in test_backends test_runtime test_search test_args test_persistent test_handoff \
+for f in test_posix_calls test_runtime test_search test_args test_persistent test_handoff \
          test_bad_input test_tokens; do
     [ -f "tests/$f.py" ] && files+=("tests/$f.py")
 done

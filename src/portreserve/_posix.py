@@ -44,7 +44,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import _args, _errors
-from . import _persistent as _store  # imported now: later, no descriptor may be left
+from . import _linux_reserved_ports as _store  # imported now: later, no descriptor may be left
 from ._backend import calls
 from ._errors import (
     InvalidParameter,
@@ -555,6 +555,45 @@ class Block:
         if not getattr(self, "closed", True):
             self._close_fds()
 
+    # Lending ports to a child process (Reservation.popen, _child.py).
+
+    def lend(self, release: bool) -> list[tuple[int, int]]:
+        """Lend every free port to a child about to start: ``[(port, holder fd)]``.
+
+        The block keeps its copy of each holder (the child inherits another),
+        so the port stays bound whatever the child does; the ports leave the
+        free list until give_back().  With ``release`` the holders are closed
+        now instead (the child binds the ports itself, with a window) and the
+        list has fd -1.  InvalidParameter on a released block.
+        """
+        with _signals_held(), self._lock:
+            if self.closed:
+                raise InvalidParameter(f"popen: reservation {self.token} was released")
+            self._collect()
+            lent = sorted(self._free)
+            self._free.clear()
+            if release:
+                for i in lent:
+                    fd, self._fds[i] = self._fds[i], -1
+                    os.close(fd)
+            return [(self.start + i, self._fds[i]) for i in lent]
+
+    def give_back(self, ports: list[int]) -> None:
+        """The child that borrowed ``ports`` has exited: each holder becomes
+        the block's again (readopt: the port never unbound), or, if it was
+        closed for the child, the port is held anew when it can be."""
+        with _signals_held(), self._lock:
+            if self.closed:
+                return
+            for port in ports:
+                i = port - self.start
+                fd, self._fds[i] = self._fds[i], -1
+                if fd >= 0:
+                    self._readopt(port, fd, True)
+                else:
+                    self._lost.add(i)
+            self._collect()
+
 
 class _HeldSocket(socket.socket):
     """The holder itself, handed out by Block.socket(): closing it (close(),
@@ -763,7 +802,7 @@ def _protocol_of(sock: socket.socket) -> Protocol:
 def _resolve(token: int, call: str) -> _AnyBlock:
     block = _blocks.get(token)
     if block is None and _LINUX:
-        block = _persistent().block_for_token(token)
+        block = _persistent_store().block_for_token(token)
     if block is None:
         raise ReservationNotFound(f"{call}: no reservation has token {token}")
     return block
@@ -814,7 +853,7 @@ def bind_token(sock: socket.socket, token: int, host: str) -> int:
     return sock.getsockname()[1]
 
 
-def _persistent() -> ModuleType:
+def _persistent_store() -> ModuleType:
     if not _LINUX:
         raise NotSupported(f"persistent reservations need Linux's ip_local_reserved_ports; "
                            f"{sys.platform} has no equivalent")
@@ -822,20 +861,20 @@ def _persistent() -> ModuleType:
 
 
 def create_persistent(protocol: Protocol, start: int, count: int) -> int:
-    return _persistent().create(protocol, start, count)
+    return _persistent_store().create(protocol, start, count)
 
 
 def delete_persistent(protocol: Protocol, start: int, count: int) -> None:
-    _persistent().delete(protocol, start, count)
+    _persistent_store().delete(protocol, start, count)
 
 
 def lookup_persistent(protocol: Protocol, start: int, count: int) -> int:
-    return _persistent().lookup(protocol, start, count)
+    return _persistent_store().lookup(protocol, start, count)
 
 
 def list_persistent(protocol: Protocol | None) -> list[PersistentReservation]:
-    return _persistent().list_all(protocol)
+    return _persistent_store().list_all(protocol)
 
 
 def restore() -> list[PersistentReservation]:
-    return _persistent().restore()
+    return _persistent_store().restore()

@@ -1,6 +1,6 @@
-"""POSIX system calls through the compiled shim (csrc/pr_linux.c).
+"""POSIX system calls through the compiled shim (csrc/pr_posix.c).
 
-Same functions as _linux_ctypes.py.  Fallible single calls raise OSError
+Same functions as _posix_ctypes.py.  Fallible single calls raise OSError
 with the errno the shim captured; pr_hold reports which port failed.
 """
 
@@ -58,7 +58,7 @@ def bound_ports(protocol: int, which: int = 0, taken: bytearray | None = None) -
     return taken
 
 
-def parse_diag(buf, taken: bytearray) -> bool:
+def parse_diag(buf: bytes, taken: bytearray) -> bool:
     """One reply of a sock_diag dump into taken; True at its end (tests, fuzzing)."""
     err = ffi.new("int *")
     rc = lib.pr_parse_diag(ffi.from_buffer(buf), len(buf), ffi.from_buffer(taken), err)

@@ -1,4 +1,4 @@
-/* POSIX system calls of portreserve; declarations and contract in pr_linux.h.
+/* POSIX system calls of portreserve; declarations and contract in pr_posix.h.
  * Written for Linux; the parts Linux alone has are under __linux__, and the
  * rest builds on macOS too (README.md, "On macOS"). */
 #define _GNU_SOURCE
@@ -27,7 +27,7 @@
 #include <sys/sysctl.h>
 #endif
 
-#include "pr_linux.h"
+#include "pr_posix.h"
 
 static int fail(int *err)
 {

@@ -1,6 +1,6 @@
 """POSIX system calls with no compiled code of ours.
 
-Same functions and behaviour as _linux_cffi.py (contract: csrc/pr_linux.h),
+Same functions and behaviour as _posix_cffi.py (contract: csrc/pr_posix.h),
 built from the socket, os and fcntl modules.  ctypes is used for what they
 cannot express: the address of the drop-all filter program that Linux's
 SO_ATTACH_FILTER takes inside its struct sock_fprog, and macOS's
@@ -261,7 +261,7 @@ _SPORT = struct.Struct("!H").unpack_from
 _CODE = struct.Struct("=i").unpack_from
 
 
-def parse_diag(buf, taken: bytearray) -> bool:
+def parse_diag(buf: bytes, taken: bytearray) -> bool:
     """One reply of a sock_diag dump: mark each socket's source port in taken.
 
     True at the end of the dump, False when more replies follow; OSError

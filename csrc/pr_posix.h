@@ -39,7 +39,7 @@ int pr_bound_ports(int protocol, int which, unsigned char *map, int *err);
 int pr_parse_diag(const unsigned char *buf, size_t len, unsigned char *map, int *err);
 
 /* Hand the holder's port to the user's fresh socket with no window: copy the
- * user's socket options (every one of the list in pr_linux.c whose value
+ * user's socket options (every one of the list in pr_posix.c whose value
  * differs from the holder's) and file flags onto the holder, then dup3() it
  * over the user's descriptor (dup2() and then the close-on-exec flag off
  * Linux).  Only for the holder's family and wildcard address.  On failure
@@ -79,7 +79,7 @@ int pr_readopt(int fd, int reset_options, int *err);
 int pr_hold_beside(int fd, int family, int type, unsigned int port, int *out, int *err);
 
 /* Hold `port` again (into *out) after the user's socket on it was closed,
- * TIME_WAIT connections it left included (see pr_linux.c). */
+ * TIME_WAIT connections it left included (see pr_posix.c). */
 int pr_rehold(int family, int type, unsigned int port, int *out, int *err);
 
 /* Make a UDP holder that is handed out as the user's socket receive again:

@@ -1,6 +1,6 @@
-"""The two POSIX system-call layers keep one contract (csrc/pr_linux.h).
+"""The two POSIX system-call layers keep one contract (csrc/pr_posix.h).
 
-_linux_cffi.py (our compiled shim) and _linux_ctypes.py (no compiled code of
+_posix_cffi.py (our compiled shim) and _posix_ctypes.py (no compiled code of
 ours) must expose the same functions and behave the same on real calls: the
 same holders, the same errno on the same mistake, the same hand-offs.  The
 last tests check how _backend.py picks one, including the fallback to ctypes
@@ -32,7 +32,7 @@ PRIVATE_UID = 2**31 - 2 if ROOT else -1  # as the engine picks it
 
 def _layer(name):
     try:
-        return importlib.import_module(f"portreserve._linux_{name}")
+        return importlib.import_module(f"portreserve._posix_{name}")
     except ImportError as exc:  # cffi: the compiled module may not be built
         pytest.skip(f"{name} layer unavailable: {exc}")
 
@@ -96,7 +96,7 @@ def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
     fds = calls.new_fds(3)
     n, err = calls.hold(V6, TCP, start, 3, fds)
     assert (n, err) == (2, errno.EADDRINUSE)
-    assert list(fds) == [-1, -1, -1]  # no closed descriptor numbers left (pr_linux.h)
+    assert list(fds) == [-1, -1, -1]  # no closed descriptor numbers left (pr_posix.h)
     blocker.close()
     assert can_bind(start) and can_bind(start + 1)
 
