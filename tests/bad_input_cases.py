@@ -3,13 +3,21 @@
 Each case is a line of code, run with fresh objects (sockets, a held and a
 released reservation, a completion port), that must raise exactly one
 documented class (docs/API.md section 3) with its errno and winerror, in a message
-that names the bad value, and leave no trace: the same descriptors, the same
-bound sockets, the same kernel reserved list, the same state directory and
-the same association tables as before.  Command-line cases run the
-`portreserve` command and check its status and its one-line message.
+that names the bad value, and leave no trace.  "No trace" is what the system
+lets us see: everywhere, the same state directory, no new thread, nothing
+queued on or attached to the completion port, the given sockets still open,
+unbound and unassociated (each still binds to a port outside the reservation)
+and the reservation still handing out all its ports; on Linux besides, the
+same descriptors, bound sockets, kernel reserved list and association tables
+(read from /proc and the engine).  Command-line cases run the `portreserve`
+command and check its status and its one-line message.
 
-The runner is run in a private network namespace (see the test), so that a
-case that wrongly got through could not change the host.
+The errors are the same on every system (docs/API.md section 3), so the table is
+one for all; a case that needs what a system lacks (AF_UNIX sockets in
+Windows' Python, Linux's AF_PACKET) names it in "needs" and is skipped there.
+
+On Linux the runner is run in a private network namespace (see the test), so
+that a case that wrongly got through could not change the host.
 """
 
 from __future__ import annotations
@@ -17,10 +25,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import traceback
+
+LINUX = sys.platform.startswith("linux")
 
 TCP_EINVAL = ("InvalidParameter", 22, 10022)
 PERSIST_EINVAL = ("InvalidParameter", 22, 87)
@@ -52,10 +64,15 @@ def _named(start: int, count: int, wildcard: bool) -> str:
 def cases() -> list[dict]:
     out: list[dict] = []
 
-    def add(code: str, expect: tuple, names: str | None = None) -> None:
+    def add(code: str, expect: tuple, names: str | None = None, needs: str = "") -> None:
         cls, errno, winerror = expect
+        # What a case needs beyond TCP/UDP sockets of AF_INET and AF_INET6.
+        needs = sorted({n for n in ("AF_UNIX", "AF_PACKET") if f"socket.{n}" in code}
+                       | ({"AF_UNIX"} if re.search(r"\bunix", code) else set())
+                       | ({"reservation"} if re.search(r"\b(res|released)\.", code) else set())
+                       | ({needs} if needs else set()))
         out.append({"id": code, "code": code, "cls": cls, "errno": errno,
-                    "winerror": winerror, "names": names})
+                    "winerror": winerror, "names": names, "needs": needs})
 
     # Runtime reservations: portreserve.reserve and its asyncio twin.
     for start, count in BAD_BLOCKS:
@@ -100,11 +117,24 @@ def cases() -> list[dict]:
         add(f"lowlevel.{fn}(closed, res.token)", TCP_EINVAL, "closed")
         add(f"lowlevel.{fn}(unix, res.token)", NOT_SUPPORTED, "AF_UNIX")
         add(f"lowlevel.{fn}(tcp, 'token')", TYPE, "token")
-    add("lowlevel.release_port_reservation(tcp, 12345)", TCP_EINVAL, "12345")
+    # Arguments of the right form: the system's own call gives the answer.
+    add("lowlevel.release_port_reservation(tcp, 12345)", TCP_EINVAL, "12345", "runtime calls")
     add("lowlevel.release_port_reservation(tcp, res.token)", TCP_EINVAL, "token")  # not its socket
-    add("lowlevel.associate_port_reservation(tcp, 12345)", NOT_FOUND, "12345")
+    add("lowlevel.associate_port_reservation(tcp, 12345)", NOT_FOUND, "12345", "runtime calls")
     add("lowlevel.associate_port_reservation(udp, res.token)", TCP_EINVAL, "TCP")
     add("lowlevel.associate_port_reservation(bound, res.token)", TCP_EINVAL, "already bound")
+    # The same with a token nobody has: the socket and host are refused before
+    # the token is looked up (on Windows that look-up is the IOCTL itself).
+    add("lowlevel.associate_port_reservation(bound, 12345)", TCP_EINVAL, "already bound")
+    for fn in ("release_port_reservation", "associate_port_reservation"):
+        add(f"lowlevel.{fn}(closed, 12345)", TCP_EINVAL, "closed")
+    add("portreserve.bind(closed, 12345)", TCP_EINVAL, "closed")
+    add("portreserve.bind(bound, 12345)", TCP_EINVAL, "already bound")
+    add("portreserve.bind(tcp, 12345, host=5)", TYPE, "host")
+    add("portreserve.bind(None, 12345)", TYPE, "None")
+    for host in ("not-an-address", "::1", "256.1.1.1"):
+        add(f"portreserve.bind(tcp, 12345, {host!r})", TCP_EINVAL, repr(host))
+    add("portreserve.bind(tcp6, 12345, '127.0.0.1')", TCP_EINVAL, "'127.0.0.1'")
     for address in ('("", -1)', '("", 65536)', '("127.0.0.1", 2**64)', '("::", -2**63)'):
         add(f"lowlevel.bind_associated(tcp, {address})", TCP_EINVAL, "start port")
     for address in ('"127.0.0.1"', '("",)', "None", '(5, 0)', '("", "80")'):
@@ -112,7 +142,7 @@ def cases() -> list[dict]:
     add('lowlevel.bind_associated(closed, ("", 0))', TCP_EINVAL, "closed")
 
     # Binding from a token, a Reservation's own methods.
-    add("portreserve.bind(tcp, 12345)", NOT_FOUND, "12345")
+    add("portreserve.bind(tcp, 12345)", NOT_FOUND, "12345", "runtime calls")
     add("portreserve.bind(tcp, released.token)", NOT_FOUND, "token")
     add("portreserve.bind(udp, res.token)", TCP_EINVAL, "TCP")
     add("portreserve.bind(closed, res.token)", TCP_EINVAL, "closed")
@@ -178,7 +208,8 @@ def cases() -> list[dict]:
             (["persistent", "lookup", "70000", "1"], PERSIST_EINVAL, "start port 70000"),
             (["persistent", "lookup", "5000", "1"], NOT_FOUND, "5000..5000"),
             (["persistent", "delete", "5000", "3", "--udp"], NOT_FOUND, "5000..5002")]:
-        add(f"cli({', '.join(map(repr, args))})", ("exit 1",) + expect[1:], named)
+        add(f"cli({', '.join(map(repr, args))})", ("exit 1",) + expect[1:], named,
+            "persistent calls" if expect is NOT_FOUND else "")
     for args in (["reserve", "x"], ["reserve"], ["persistent", "add", "1"], ["bogus"],
                  ["persistent", "list", "--tcp", "--udp"], ["reserve", "1", "--start", "1.5"]):
         add(f"cli({', '.join(map(repr, args))})", ("exit 2", None, None), None)
@@ -213,14 +244,73 @@ def _bound_sockets() -> list:
     return sorted(out, key=repr)
 
 
-def _snapshot(state_dir: str) -> dict:
-    from portreserve import _posix
-    with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
-        kernel = f.read()
-    return {"fds": sorted(os.listdir("/proc/self/fd")), "bound": _bound_sockets(),
-            "kernel": kernel,
-            "state_dir": sorted(os.listdir(state_dir)) if os.path.exists(state_dir) else None,
-            "blocks": sorted(_posix._blocks), "associated": len(_posix._associated)}
+def _snapshot(state_dir: str, cport) -> dict:
+    snap = {"state_dir": sorted(os.listdir(state_dir)) if os.path.exists(state_dir) else None,
+            "threads": set(threading.enumerate()),
+            # Operations in flight, completions not yet read, sockets attached
+            # (the Windows port's and the thread-pool port's own records).
+            "completion port": {name: len(getattr(cport, name)) for name in
+                                ("_pending", "_ready", "_attached", "_done")
+                                if hasattr(cport, name)}}
+    if LINUX:
+        from portreserve import _posix
+        with open("/proc/sys/net/ipv4/ip_local_reserved_ports") as f:
+            kernel = f.read()
+        snap.update({"fds": sorted(os.listdir("/proc/self/fd")), "bound": _bound_sockets(),
+                     "kernel": kernel, "blocks": sorted(_posix._blocks),
+                     "associated": len(_posix._associated)})
+    return snap
+
+
+def _changes(before: dict, after: dict) -> list[str]:
+    out = [f"{k}: {before[k]} -> {after[k]}" for k in before
+           if k != "threads" and before[k] != after[k]]
+    # A thread that ended (an idle worker) is no trace; a new one is.
+    if after["threads"] - before["threads"]:
+        out.append(f"new threads: {sorted(t.name for t in after['threads'] - before['threads'])}")
+    return out
+
+
+def _sockets_untouched(objs: dict, res) -> str | None:
+    """Whether the case's fresh sockets are still open, unbound and unassociated.
+
+    Each must still bind to a port of its own choosing; the TCP ones outside
+    the reservation (associated, they would get one of its ports or fail).
+    """
+    block = range(res.start, res.start + res.count) if res is not None else range(0)
+    for name, host in (("tcp", "127.0.0.1"), ("tcp6", "::1"), ("udp", "127.0.0.1")):
+        sock = objs[name]
+        if sock.fileno() == -1:
+            return f"{name} was closed"
+        try:
+            port = sock.getsockname()[1]
+        except OSError:  # Windows: an unbound socket has no name
+            port = 0
+        if port:
+            return f"{name} was left bound to port {port}"
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            return f"{name} no longer binds to ({host!r}, 0): {exc!r}"
+        if name != "udp" and sock.getsockname()[1] in block:
+            return f"{name} was left associated: it got port {sock.getsockname()[1]} of {res}"
+    return None
+
+
+def _block_untouched(res) -> str | None:
+    """Whether the reservation still hands out every one of its ports."""
+    if res is None:
+        return None
+    taken = []
+    try:
+        for _ in range(res.count):
+            taken.append(res.socket())
+    except Exception as exc:
+        return f"{res} handed out only {len(taken)} ports: {exc!r}"
+    finally:
+        for sock in taken:
+            sock.close()
+    return None
 
 
 class CliResult(Exception):
@@ -240,22 +330,26 @@ def run_case(case: dict, state_dir: str) -> str | None:
     import portreserve
     from portreserve import lowlevel
     aio = portreserve.aio
-    objs = {"tcp": socket.socket(), "tcp6": socket.socket(socket.AF_INET6), "udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
-            "closed": socket.socket(), "unix": socket.socket(socket.AF_UNIX),
-            "unixdgram": socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM),
-            "bound": socket.socket()}
+    objs = {"tcp": socket.socket(), "tcp6": socket.socket(socket.AF_INET6),
+            "udp": socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+            "closed": socket.socket(), "bound": socket.socket()}
+    if hasattr(socket, "AF_UNIX"):
+        objs["unix"] = socket.socket(socket.AF_UNIX)
+        objs["unixdgram"] = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     objs["closed"].close()
     objs["bound"].bind(("127.0.0.1", 0))
-    res = portreserve.reserve(2)
-    released = portreserve.reserve(1)
-    released.release()
+    res = released = None
+    if "reservation" in case["needs"]:
+        res = portreserve.reserve(2)
+        released = portreserve.reserve(1)
+        released.release()
     cport = portreserve.CompletionPort()
     closed_port = portreserve.CompletionPort()
     closed_port.close()
     env = {"portreserve": portreserve, "lowlevel": lowlevel, "aio": aio, "socket": socket,
            "res": res, "released": released, "cport": cport, "closed_port": closed_port,
            "run": asyncio.run, "cli": _cli, **objs}
-    before = _snapshot(state_dir)
+    before = _snapshot(state_dir, cport)
     try:
         try:
             result = eval(case["code"], env)
@@ -272,14 +366,13 @@ def run_case(case: dict, state_dir: str) -> str | None:
             problem = _check_error(case, exc)
             if problem:
                 return problem
-        after = _snapshot(state_dir)
-        changed = [k for k in before if before[k] != after[k]]
+        changed = _changes(before, _snapshot(state_dir, cport))
         if changed:
-            return "state changed: " + ", ".join(f"{k}: {before[k]} -> {after[k]}"
-                                                 for k in changed)
-        return None
+            return "state changed: " + ", ".join(changed)
+        return _sockets_untouched(objs, res) or _block_untouched(res)
     finally:
-        res.close()
+        if res is not None:
+            res.close()
         cport.close()
         for s in objs.values():
             s.close()
@@ -320,9 +413,39 @@ def _check_cli(case: dict, result: CliResult) -> str | None:
     return None
 
 
+def _lacking() -> dict:
+    """Why this system cannot run the cases that need each thing it lacks."""
+    import portreserve
+    from portreserve import lowlevel
+    out = {n: f"needs socket.{n}, which Python on {sys.platform} does not have"
+           for n in ("AF_UNIX", "AF_PACKET") if not hasattr(socket, n)}
+    try:
+        portreserve.reserve(1).release()
+    except portreserve.NotSupported as exc:  # Wine: no SIO_ACQUIRE_PORT_RESERVATION
+        out["reservation"] = f"needs a runtime reservation, which this system refuses: {exc}"
+    # Calls with arguments of the right form (an unknown token, a block not
+    # reserved): only a system that implements them can answer.
+    with socket.socket() as sock:
+        probes = {"runtime calls": lambda: lowlevel.associate_port_reservation(sock, 12345),
+                  "persistent calls": lambda: portreserve.lookup_persistent(5000, 1)}
+        for name, probe in probes.items():
+            try:
+                probe()
+            except portreserve.NotSupported as exc:
+                out[name] = f"valid arguments, answered by a call this system lacks: {exc}"
+            except portreserve.PortReservationError:
+                pass
+    return out
+
+
 def main() -> None:
+    """Print {case id: None (it behaves) | what went wrong | {"skip": why}} as JSON."""
     state_dir = os.environ["PORTRESERVE_STATE_DIR"]
-    results = {c["id"]: run_case(c, state_dir) for c in cases()}
+    lacking = _lacking()
+    results: dict = {}
+    for case in cases():
+        missing = [lacking[n] for n in case["needs"] if n in lacking]
+        results[case["id"]] = {"skip": missing[0]} if missing else run_case(case, state_dir)
     print(json.dumps(results))
 
 

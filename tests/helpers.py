@@ -88,6 +88,46 @@ def can_bind(port: int, *, host: str = "127.0.0.1", udp: bool = False,
     return result.returncode == 0
 
 
+def bound_here(port: int, *, udp: bool = False) -> list[int]:
+    """Descriptors of this process bound to ``port`` (TCP, or UDP), any address."""
+    import socket
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    found = []
+    for name in open_fds():
+        try:
+            fd = os.dup(int(name))
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket
+            os.close(fd)
+            continue
+        with sock:
+            try:
+                if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == kind
+                        and sock.getsockname()[1] == port):
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+def freed(port: int, *, host: str = "127.0.0.1", udp: bool = False,
+          user: int | None = None) -> bool:
+    """Whether this process gave ``port`` back: another process can bind it.
+
+    For a port released by this process (no children involved).  Other test
+    runs share the host and reserve blocks too, so one may take the port
+    between our release and the other process's bind; the port is then
+    still given back if no descriptor of ours is bound to it, before and
+    after the try.  One of ours bound to it fails the check either way.
+    """
+    if bound_here(port, udp=udp):
+        return False
+    return can_bind(port, host=host, udp=udp, user=user) or not bound_here(port, udp=udp)
+
+
 def open_fds() -> set[str]:
     """This process's open descriptors."""
     return set(os.listdir("/proc/self/fd" if LINUX else "/dev/fd"))

@@ -2,11 +2,13 @@
 
 The table is tests/bad_input_cases.py (over 200 cases: the high-level calls,
 Reservation's methods, lowlevel, the overlapped and asyncio forms, completion
-ports, persistent calls and the command line).  It runs once, in a child in a
-private network namespace with its own state directory, so that a case that
-wrongly got through could change neither the host's reserved list nor its
-store; each case is then one test here.  The suite runs for each backend
-(PORTRESERVE_BACKEND), and the child inherits it.
+ports, persistent calls and the command line).  It runs once, in a child with
+its own state directory (on Linux in a private network namespace, so that a
+case that wrongly got through could change neither the host's reserved list
+nor its store); each case is then one test here.  The errors are the same on
+Linux and Windows (docs/API.md section 3), so the same table runs on both; what
+"no state change" can observe differs (see bad_input_cases.py).  The suite
+runs for each backend (PORTRESERVE_BACKEND), and the child inherits it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import pytest
 
 from helpers import run_python, netns_prefix
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+LINUX = sys.platform.startswith("linux")
+pytestmark = pytest.mark.skipif(
+    not LINUX and sys.platform != "win32",
+    reason="the state snapshot is written for Linux and Windows (macOS: not yet)")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bad_input_cases  # noqa: E402
@@ -41,11 +46,12 @@ def results(tmp_path_factory):
         os.environ["PORTRESERVE_STATE_DIR"] = {state_dir!r}
         sys.path.insert(0, {here!r})
         import subprocess
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        if {LINUX}:
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         import bad_input_cases
         bad_input_cases.main()
     """
-    r = run_python(code, prefix=netns_prefix(), timeout=600)
+    r = run_python(code, prefix=netns_prefix() if LINUX else None, timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     out["no store was made"] = os.listdir(state_dir) if os.path.exists(state_dir) else None
@@ -54,7 +60,10 @@ def results(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_bad_input(case, results):
-    assert results[case["id"]] is None, results[case["id"]]
+    result = results[case["id"]]
+    if isinstance(result, dict):
+        pytest.skip(result["skip"])
+    assert result is None, result
 
 
 def test_no_state_directory_was_made(results):
@@ -115,6 +124,8 @@ FULL_TABLE = """
 """
 
 
+@pytest.mark.skipif(not LINUX, reason="fills the table under a lowered RLIMIT_NOFILE, "
+                    "read back from /proc/self/fd: POSIX descriptors")
 def test_full_descriptor_table_gives_documented_errors(tmp_path):
     import textwrap
     code = (f"import os; os.environ['PORTRESERVE_STATE_DIR'] = {str(tmp_path / 'state')!r}\n"

@@ -548,3 +548,17 @@ def test_child_by_number_as_another_user():
         pytest.skip(out.stdout)
     assert out.stdout.startswith("HTTP/1.0 200"), out.stdout + out.stderr
     assert "BOUND" not in out.stdout, out.stdout
+
+
+def test_child_by_number_with_preexec_fn(tmp_path):
+    # subprocess runs the fork hooks in the child when given a preexec_fn:
+    # the holders lent to the child must still reach its exec.
+    (tmp_path / "index.html").write_text("hello")
+    with portreserve.reserve(1) as res:
+        child = res.popen(SERVERS["python -m http.server"](str(tmp_path)),
+                          preexec_fn=os.setpgrp,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert serves(res.start, child).startswith(b"HTTP/1.")
+        assert not can_bind(res.start, host="0.0.0.0", reuse=True)
+        stop(child)
+        held_again(res)

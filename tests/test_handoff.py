@@ -24,7 +24,7 @@ import pytest
 import portreserve
 from portreserve import InvalidParameter, PortReservationError, ReservationConflict, lowlevel
 
-from helpers import LINUX, ROOT, in_netns, open_fds, run_python
+from helpers import LINUX, ROOT, bound_here, in_netns, open_fds, run_python
 
 pytestmark = pytest.mark.skipif(not LINUX, reason="Linux's bind rules")
 as_root = pytest.mark.skipif(not ROOT, reason="needs root (another uid, a namespace)")
@@ -350,7 +350,9 @@ def test_forked_child_holds_nothing_and_hands_out_nothing():
 
 
 def _wait_for(conn):
-    conn.recv()
+    """Until "done": answer a list of ports with those this process has bound."""
+    while (ports := conn.recv()) != "done":
+        conn.send([p for p in ports if bound_here(p)])
 
 
 def test_multiprocessing_fork_child_keeps_no_port_busy():
@@ -359,9 +361,18 @@ def test_multiprocessing_fork_child_keeps_no_port_busy():
     parent_end, child_end = ctx.Pipe()
     child = ctx.Process(target=_wait_for, args=(child_end,))
     child.start()
+
+    def held(port):  # by a descriptor of ours or of the child
+        parent_end.send([port])
+        return bound_here(port) + parent_end.recv()
+
     try:
         res.release()
-        assert takers(res.start) and takers(res.start + 1)  # while the child lives
+        for port in res.ports:  # while the child lives
+            assert held(port) == []
+            # Other test runs share the host: one may take the port before
+            # the taker binds; it is still ours to give only if we hold it.
+            assert takers(port) or held(port) == [], port
     finally:
         parent_end.send("done")
         child.join(30)
@@ -495,6 +506,117 @@ def test_same_uid_reuseport_process_cannot_take_over_after_bind(user):
     assert lines == ["127.0.0.1 refused 98", "any refused 98", "::1 refused 98"], lines
 
 
+# ---- SO_REUSEADDR the user set before the hand-off -----------------------
+
+def _bind_by(entry, res, sock, host):
+    if entry == "Reservation.bind":
+        return res.bind(sock, host)
+    if entry == "portreserve.bind":
+        return portreserve.bind(sock, res.token, host)
+    lowlevel.associate_port_reservation(sock, res.token)
+    lowlevel.bind_associated(sock, (host, 0))
+    return sock.getsockname()[1]
+
+
+def _plain_bind_leaves(family, host, udp):
+    """What others can take of a port bound plainly (no reuse options) on
+    ``(host, port)`` by a socket of ``family``: the standard to meet."""
+    with portreserve.reserve(1, protocol="udp" if udp else "tcp") as res:
+        port = res.start  # free once released
+    with socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as plain:
+        if family == socket.AF_INET6:
+            plain.setsockopt(*V6ONLY, 0)
+        plain.bind((host, port))
+        return {user: set(takers(port, udp=udp, user=user))
+                for user in ([None, NOBODY] if ROOT else [None])}
+
+
+PLAIN_LISTEN = socket.socket.listen
+
+# Every address for Reservation.bind; the other entry points once per path
+# (descriptor swap, SO_REUSEPORT bind).
+REUSEADDR_CASES = [
+    ("Reservation.bind", family, host)
+    for family, host in ((socket.AF_INET6, ""), (socket.AF_INET, ""),
+                         (socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))] + [
+    (entry, family, host) for entry in ("portreserve.bind", "lowlevel.bind_associated")
+    for family, host in ((socket.AF_INET6, ""), (socket.AF_INET, "127.0.0.1"))]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("entry, family, host", REUSEADDR_CASES)
+def test_reuseaddr_set_before_bind_leaves_the_port_as_closed_as_a_plain_bind(
+        entry, family, host, protocol):
+    """A socket that set SO_REUSEADDR (as servers do, for restarts) gets its
+    port from the reservation; from then until it listens, another process
+    that sets SO_REUSEADDR too (of our uid or another) takes nothing a plain
+    bind would not let it take.  A TCP socket has the option again once it
+    listens; a UDP one never gets it back."""
+    udp = protocol == "udp"
+    standard = _plain_bind_leaves(family, host, udp)
+    with portreserve.reserve(2, protocol=protocol) as res:
+        s = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        port = _bind_by(entry, res, s, host)
+        assert port in res.ports
+        for user, allowed in standard.items():
+            got = set(takers(port, udp=udp, user=user))
+            assert got <= allowed, (user, sorted(got - allowed))
+        if not udp:
+            gc.collect()  # no socket of an earlier test still waits to listen
+            s.listen()
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+            # socket.socket.listen sets it only while a socket waits for it
+            assert socket.socket.listen is PLAIN_LISTEN
+            for user, allowed in standard.items():
+                assert set(takers(port, udp=udp, user=user)) <= allowed
+        else:
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+        s.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reuseaddr_failed_bind_changes_nothing(protocol):
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with portreserve.reserve(1, protocol=protocol) as res, res.socket() as held:
+        with socket.socket(socket.AF_INET6, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(portreserve.ReservationExhausted):
+                res.bind(s)
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        assert held.getsockname()[1] == res.start
+
+
+REUSEADDR_OWNER = """
+import socket, subprocess, sys
+sys.path[:0] = {paths!r}
+import portreserve
+ATTACK = {attack!r}
+for protocol in ("tcp", "udp"):
+    res = portreserve.reserve(1, protocol=protocol)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if protocol == "tcp"
+                      else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = res.bind(s)
+    out = subprocess.run([sys.executable, "-c", ATTACK.format(port=port, udp=protocol == "udp")],
+                         capture_output=True, text=True).stdout.split()
+    print(protocol, " ".join(out) or "nothing")
+    s.close()
+    res.release()
+"""
+
+
+@pytest.mark.parametrize("user", [None, pytest.param(NOBODY, marks=as_root)])
+def test_reuseaddr_set_before_bind_as_a_non_root_owner(user):
+    # The owner and the intruder of one uid (another than root's, as root).
+    code = REUSEADDR_OWNER.format(paths=_owner_paths(), attack=ATTACK)
+    result = run_python(code, user=user)
+    if user and ("No module named" in result.stderr or "Permission denied" in result.stderr):
+        pytest.skip(f"uid {user} cannot import this build: {result.stderr.strip()[-200:]}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["tcp nothing", "udp nothing"], result.stdout
+
+
 # ---- 6: server restart and TIME_WAIT ----------------------------------------
 
 def _serve_once(server, family_host):
@@ -516,15 +638,18 @@ def test_server_restarts_at_once_and_the_port_stays_closed():
             assert nobody_takes(res.start)
 
 
-def test_own_server_socket_restarts_from_the_reservation():
-    # The user's own socket: held again at the next call, TIME_WAIT and all.
+@pytest.mark.parametrize("family, host", [(socket.AF_INET6, ""), (socket.AF_INET, "127.0.0.1")])
+def test_own_server_socket_restarts_from_the_reservation(family, host):
+    # The user's own socket: held again at the next call, TIME_WAIT and all
+    # (SO_REUSEADDR, held back until listen(), still reaches the TIME_WAIT
+    # connections, and the next bind and listen() get past them).
     with portreserve.reserve(1) as res:
         for round_ in range(3):
-            server = socket.socket(socket.AF_INET6)
+            server = socket.socket(family)
             server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            assert res.bind(server) == res.start
+            assert res.bind(server, host) == res.start
             server.listen()
-            _serve_once(server, ("::1", res.start))
+            _serve_once(server, (host or "::1", res.start))
             server.close()
             res.socket().close()  # the next call holds it again
             assert nobody_takes(res.start)
@@ -721,7 +846,7 @@ def _options(sock):
     names = [
         (socket.SOL_SOCKET, socket.SO_RCVTIMEO), (socket.SOL_SOCKET, socket.SO_SNDTIMEO),
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.SOL_SOCKET, socket.SO_PRIORITY),
-        (socket.SOL_SOCKET, socket.SO_LINGER), (socket.SOL_SOCKET, socket.SO_REUSEADDR),
+        (socket.SOL_SOCKET, socket.SO_LINGER),
         (socket.SOL_SOCKET, 25),  # SO_BINDTODEVICE
         (socket.IPPROTO_IP, socket.IP_TOS), (socket.IPPROTO_IP, socket.IP_TTL),
         (socket.IPPROTO_IP, 15),  # IP_FREEBIND
@@ -734,7 +859,7 @@ def _options(sock):
     ]
     if ROOT:
         names.append((socket.IPPROTO_IP, 19))  # IP_TRANSPARENT
-    return {name: sock.getsockopt(level, name, 64) for level, name in names}
+    return {(level, name): sock.getsockopt(level, name, 64) for level, name in names}
 
 
 def test_hand_off_keeps_every_option_the_user_set():
@@ -762,6 +887,11 @@ def test_hand_off_keeps_every_option_the_user_set():
         if ROOT:
             s.setsockopt(socket.IPPROTO_IP, 19, 1)
         wanted = _options(s)
+        assert len(wanted) == 19 + ROOT
         assert res.bind(s) == res.start
         assert _options(s) == wanted
+        # ... but SO_REUSEADDR, held back until the socket listens
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+        s.listen()
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
         s.close()

@@ -19,7 +19,7 @@ import textwrap
 
 import pytest
 
-from helpers import LINUX, ROOT, can_bind
+from helpers import LINUX, ROOT, can_bind, freed
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX layers")
 linux_only = pytest.mark.skipif(not LINUX, reason="Linux's bind rules and sock_diag")
@@ -85,7 +85,7 @@ def test_hold_blocks_other_processes_until_closed(calls, type_):
     taken = calls.bound_ports(socket.IPPROTO_UDP if udp else socket.IPPROTO_TCP)
     assert taken[start] == taken[start + 2] == 1
     calls.close_all(fds, 3)
-    assert can_bind(start + 1, udp=udp)
+    assert freed(start + 1, udp=udp)
 
 
 @linux_only
@@ -98,7 +98,7 @@ def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
     assert (n, err) == (2, errno.EADDRINUSE)
     assert list(fds) == [-1, -1, -1]  # no closed descriptor numbers left (pr_posix.h)
     blocker.close()
-    assert can_bind(start) and can_bind(start + 1)
+    assert freed(start) and freed(start + 1)
 
 
 @linux_only

@@ -72,6 +72,16 @@ def sock(call: str, value: object) -> socket.socket:
     return value
 
 
+def unbound(call: str, value: socket.socket) -> None:
+    """Refuse a bound socket: it cannot take a port of a reservation any more."""
+    try:
+        port = value.getsockname()[1]
+    except OSError:  # Windows: an unbound socket has no name (WSAEINVAL)
+        return
+    if port:
+        raise InvalidParameter(f"{call}: {value!r} is already bound")
+
+
 def sock_protocol(call: str, value: socket.socket) -> Protocol:
     """The protocol of a TCP or UDP socket; other sockets are not supported."""
     if value.family in (socket.AF_INET, socket.AF_INET6):

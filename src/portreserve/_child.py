@@ -213,7 +213,8 @@ def popen(reservation: Reservation, args: Args, *, listen_fds: bool = False,
             run = args
         if listen_fds or by_number:
             kwargs["pass_fds"] = tuple(kwargs.get("pass_fds", ())) + tuple(fds)
-        proc = ReservedPopen(run, **kwargs)
+        with block.passing_to_child(fds):
+            proc = ReservedPopen(run, **kwargs)
     except BaseException:
         block.give_back([p for p, _ in lent])
         raise

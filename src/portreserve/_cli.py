@@ -85,7 +85,7 @@ def _demo_persistent() -> None:
     _say("   deleted")
 
 
-def _cmd_demo(args) -> None:
+def _cmd_demo(args: argparse.Namespace) -> None:
     _say(f"portreserve {portreserve.__version__} on {sys.platform}, backend {portreserve.backend}")
     _demo_runtime()
     if args.persistent:
@@ -93,7 +93,7 @@ def _cmd_demo(args) -> None:
     _say("done")
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
     if not command:
         raise portreserve.InvalidParameter("run: no command given (portreserve run -- CMD ...)")
@@ -112,7 +112,7 @@ def _cmd_run(args) -> int:
     return code if code >= 0 else 128 - code
 
 
-def _cmd_reserve(args) -> None:
+def _cmd_reserve(args: argparse.Namespace) -> None:
     res = portreserve.reserve(args.count, start=args.start,
                               protocol="udp" if args.udp else "tcp")
     with res:
@@ -136,7 +136,7 @@ def _print_persistent(r: portreserve.PersistentReservation) -> None:
     _say(f"{r.protocol.value} {r.start}-{r.start + r.count - 1} token={r.token:#x} {state}")
 
 
-def _cmd_persistent(args) -> None:
+def _cmd_persistent(args: argparse.Namespace) -> None:
     protocol = "udp" if args.udp else "tcp"
     if args.action == "add":
         token = portreserve.create_persistent(args.start, args.count, protocol=protocol)

@@ -34,8 +34,10 @@ from __future__ import annotations
 import socket
 import typing
 from collections.abc import MutableSequence
+from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
 from typing import Any
 
+from ._errors import from_errno
 from ._overlapped_types import Overlapped, PortBase
 from ._records import PersistentReservation, PortReservationInstance, Protocol
 
@@ -84,12 +86,44 @@ class Block(typing.Protocol):
         ReservationExhausted (no port left), or the class of the system's error.
         """
 
+    def socket(self, family: int | None = None, host: str = "", port: int = 0) -> Socket:
+        """A socket of the block's type bound to ``(host, port)``, ``port`` as
+        for ``take`` (Reservation.socket; arguments checked by the caller).
+
+        ``family`` is AF_INET, AF_INET6 (made dual-stack: IPV6_V6ONLY=0) or
+        None: the family that carries the whole guarantee (AF_INET6 where the
+        host has IPv6).  An engine that can hand out the socket holding the
+        port does so; the others bind a new one through ``take``
+        (``socket_from_take``).  Raises as ``take`` does, and the class of the
+        system's error when no socket can be made.
+        """
+
     def close(self) -> bool | None:
         """Give the block back; idempotent.  Sockets bound from it keep their ports.
 
         An engine may return False when the block was already closed (so of
         two threads releasing it, exactly one sees success), else True or None.
         """
+
+
+def socket_from_take(block: Block, family: int | None, host: str, port: int) -> Socket:
+    """``Block.socket`` for an engine that cannot hand out what holds a port:
+    a new socket of the block's type, dual-stack if AF_INET6, bound through
+    ``block.take``; closed again if that fails."""
+    if family is None:
+        family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+    try:
+        sock = socket.socket(family, block.protocol.socket_type)
+    except OSError as exc:  # no descriptor left, no IPv6
+        raise from_errno(exc.errno, "Reservation.socket") from None
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        block.take(sock, host, port)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @typing.runtime_checkable

@@ -89,6 +89,7 @@ from ._errors import (ERROR_ACCESS_DENIED, ERROR_FILE_CORRUPT, ERROR_SHARING_VIO
                       ERROR_TIMEOUT, AccessDenied, InvalidParameter, PortReservationError,
                       ReservationConflict, ReservationExhausted, ReservationNotFound,
                       from_errno)
+from ._interfaces import socket_from_take
 from ._port_list import format_port_list, parse_port_list, ports_of, spans_of
 from ._records import PersistentReservation, Protocol
 
@@ -704,6 +705,11 @@ class _Block:
                     raise from_errno(exc.errno, f"bind to port {p}") from None
         raise ReservationExhausted(f"bind: every port of {self.start}..{block[-1]} is in use"
                                    if not port else f"bind: port {port} is in use")
+
+    def socket(self, family: int | None = None, host: str = "",
+               port: int = 0) -> socket.socket:
+        """A new socket (dual-stack if AF_INET6) bound through take()."""
+        return socket_from_take(self, family, host, port)
 
 
 def block_for_token(token: int) -> _Block | None:

@@ -31,6 +31,7 @@ import sys
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
 
 import _socket
+import contextlib
 import errno
 import os
 import random
@@ -41,7 +42,7 @@ import threading
 import weakref
 from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import _args, _errors
 from . import _linux_reserved_ports as _store  # imported now: later, no descriptor may be left
@@ -499,10 +500,43 @@ class Block:
             self._out.pop(port - self.start, None)
 
     def take(self, sock: Socket, host: str, port: int = 0) -> int:
-        """Hand a port of the block (``port``, or any if 0) to the user's ``sock``."""
+        """Hand a port of the block (``port``, or any if 0) to the user's ``sock``.
+
+        A SO_REUSEADDR set on ``sock`` is off from this bind on: a TCP socket
+        gets it back as it listens (_listen), a UDP one never.
+        """
         if sock.getsockname()[1]:
             raise InvalidParameter(f"bind: {sock!r} is already bound")
         packed = _args.host_address("bind", sock.family, host)
+        # On a bound socket that does not listen, SO_REUSEADDR lets anyone
+        # who sets it too bind the same port (Linux never finds two such
+        # sockets in conflict).  Once a TCP socket listens it can no longer
+        # hurt, and a restart over TIME_WAIT needs it; UDP uses it only to
+        # share the port.
+        reuse = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        try:
+            try:
+                port = self._take(sock, host, packed, port)
+            except _errors.ReservationConflict:
+                if not reuse:
+                    raise
+                # TIME_WAIT connections of an earlier server that had it bar
+                # a bind without it (the SO_REUSEPORT path binds the user's
+                # socket): for this one bind the socket has it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                port = self._take(sock, host, packed, port)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        except BaseException:
+            if reuse:  # a failed call changes nothing
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            raise
+        if reuse and sock.type == socket.SOCK_STREAM:
+            _reuse_when_listening(sock)
+        return port
+
+    def _take(self, sock: Socket, host: str, packed: bytes, port: int) -> int:
         with _signals_held(), self._lock:
             i = self._pick(port)
             port = self.start + i
@@ -583,6 +617,11 @@ class Block:
                     fd, self._fds[i] = self._fds[i], -1
                     os.close(fd)
             return [(self.start + i, self._fds[i]) for i in lent]
+
+    def passing_to_child(self, fds: list[int]) -> contextlib.AbstractContextManager[None]:
+        """Wrap the start of the child that borrows ``fds`` (lent holders):
+        a fork by this thread inside keeps them open for the child's exec."""
+        return _passing_to_child(fds)
 
     def give_back(self, ports: list[int]) -> None:
         """The child that borrowed ``ports`` has exited: each holder becomes
@@ -727,6 +766,52 @@ def _clear_bind_cache(port: int) -> None:
                        f"kernel's SO_REUSEPORT cache")
 
 
+# TCP sockets whose SO_REUSEADDR take() held back, and socket.socket.listen
+# while there are any: it sets the option again as such a socket listens.
+# Only listen() through Python's socket objects is seen; a socket listened
+# on otherwise (a C library on its descriptor) keeps it off, as if the user
+# had never set it.
+_reuse_on_listen: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+_listen_lock = threading.Lock()
+_plain_listen = socket.socket.listen
+
+
+def _reuse_when_listening(sock: socket.socket) -> None:
+    global _plain_listen
+    with _listen_lock:
+        _reuse_on_listen.add(sock)
+        if socket.socket.listen is not _listen:
+            _plain_listen = socket.socket.listen
+            socket.socket.listen = _listen  # type: ignore[method-assign,assignment]
+
+
+def _listen(self: socket.socket, *args: int) -> None:
+    if self not in _reuse_on_listen:
+        _plain_listen(self, *args)
+    else:
+        try:
+            _plain_listen(self, *args)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # TIME_WAIT connections of an earlier server that had
+            # SO_REUSEADDR bar a listen() without it (listen() checks the
+            # port again): for this call it is set just before.
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                _plain_listen(self, *args)
+            except BaseException:
+                self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+                raise
+        # At once: each connection copies the option as it is made, and its
+        # TIME_WAIT must have it for the port's next holder to bind beside.
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with _listen_lock:
+        _reuse_on_listen.discard(self)
+        if not _reuse_on_listen and socket.socket.listen is _listen:
+            socket.socket.listen = _plain_listen  # type: ignore[method-assign]
+
+
 _WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
                                          socket.AF_INET: ("", "0.0.0.0")}
 # Owner of both sockets during a SO_REUSEPORT hand-off on Linux, when we may
@@ -739,18 +824,42 @@ _PRIVATE_UID = 2**31 - 2 if _LINUX and os.geteuid() == 0 else -1
 _every_block: weakref.WeakSet[Block] = weakref.WeakSet()
 
 
+# (thread, holders) while that thread starts a child that borrows the holders
+# (Reservation.popen): subprocess runs the fork hooks below in the child
+# before its exec when given a preexec_fn, and the holders must reach the exec.
+_passing: tuple[int, frozenset[int]] = (0, frozenset())
+
+
+@contextlib.contextmanager
+def _passing_to_child(fds: list[int]) -> Iterator[None]:
+    """Within this scope, a fork by this thread keeps ``fds`` open in the child."""
+    global _passing
+    _passing = (threading.get_ident(), frozenset(fds))
+    try:
+        yield
+    finally:
+        _passing = (0, frozenset())
+
+
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
-    global _lock, _MAIN_THREAD, _depth, _mask, _token_pool
+    global _lock, _MAIN_THREAD, _listen_lock, _depth, _mask, _token_pool
     _lock = threading.Lock()  # another thread may have held it at fork time
+    _listen_lock = threading.Lock()
     if threading.get_ident() != _MAIN_THREAD:
         # The forking thread is the child's main one, with its own signal
         # mask: the sections the parent's main thread was in are not its.
         _MAIN_THREAD, _depth, _mask = threading.get_ident(), 0, None
     _token_pool = []  # the parent's unused tokens, which it still hands out
+    thread, keep = _passing
+    if thread != _MAIN_THREAD:
+        keep = frozenset()
     for block in list(_every_block):
         block._lock = threading.Lock()
         if not block.closed:
+            for i in range(block.count):
+                if block._fds[i] in keep:
+                    block._fds[i] = -1  # the exec that follows takes it
             block._close_fds()
     _blocks.clear()
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _args
 from ._engine import engine
-from ._errors import InvalidParameter, from_errno
+from ._errors import InvalidParameter
 from ._records import Protocol
 
 if TYPE_CHECKING:
@@ -73,6 +73,13 @@ class Reservation:
         reservation's type; ``host`` an address of its family ("" is the
         wildcard).
 
+        A ``SO_REUSEADDR`` set on ``sock`` is held back, because on a bound
+        socket that does not listen it would let anyone who sets it too bind
+        the port: on Linux and macOS ``sock`` comes back with it off; a TCP
+        socket gets it again as it listens (through ``sock.listen()``; the
+        TIME_WAIT of a restart needs it), a UDP socket never (set it after
+        the bind to share the port).  README, "What is enforced".
+
         Raises:
             TypeError: ``sock`` not a socket.socket, ``host`` not a str.
             InvalidParameter: ``sock`` closed, already bound or of the other
@@ -102,23 +109,7 @@ class Reservation:
         if family is not None or host.__class__ is not str or host:  # else nothing to check
             family = _args.family("Reservation.socket", family)
             host = _args.host("Reservation.socket", host)
-        make = getattr(self._block, "socket", None)
-        if make is not None:  # the engine hands out its holders itself
-            return make(family, host)
-        if family is None:
-            family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
-        try:
-            sock = socket.socket(family, self.protocol.socket_type)
-        except OSError as exc:  # no descriptor left, no IPv6
-            raise from_errno(exc.errno, "Reservation.socket") from None
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.bind(sock, host)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return self._block.socket(family, host)
 
     def release(self) -> None:
         """Give the block back; sockets already bound from it are left alone.
@@ -222,6 +213,8 @@ def bind(sock: socket.socket, token: int, host: str = "") -> int:
     ``sock`` is an unbound TCP or UDP socket of AF_INET or AF_INET6;
     ``host`` an address of its family ("" is the wildcard).  A runtime
     token must belong to this process; a persistent one may come from any.
+    A ``SO_REUSEADDR`` set on ``sock`` is held back as ``Reservation.bind``
+    says (runtime tokens).
 
     Returns:
         The port bound (host byte order).
@@ -240,4 +233,9 @@ def bind(sock: socket.socket, token: int, host: str = "") -> int:
     _args.sock("bind", sock)
     _args.sock_protocol("bind", sock)
     token = _args.token("bind", token)
-    return engine.bind_token(sock, token, _args.host("bind", host))
+    host = _args.host("bind", host)
+    # Before the token is looked up, which on Windows is the IOCTL itself
+    # (and an association there cannot be undone): the same answer everywhere.
+    _args.unbound("bind", sock)
+    _args.host_address("bind", sock.family, host)
+    return engine.bind_token(sock, token, host)

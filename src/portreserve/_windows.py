@@ -16,13 +16,15 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any
 
 assert sys.platform == "win32"  # Windows only; also tells mypy to skip this module elsewhere
 
-from . import _errors
+from . import _args, _errors
 from ._backend import calls
 from ._errors import InvalidParameter, ReservationExhausted
+from ._interfaces import socket_from_take
 from ._records import PersistentReservation, PortReservationInstance, Protocol
 
 
@@ -43,6 +45,18 @@ def _bind(sock: socket.socket, address: tuple[Any, ...], call: str) -> None:
         raise _errors.from_winerror(code, f"{call}: bind to {address!r}") from None
 
 
+def _protocol_matches(call: str, sock: socket.socket, token: int) -> None:
+    """A runtime token of this process used with a socket of the other protocol.
+
+    Windows answers that with WSAEINVAL, which reads as an unknown token
+    (see associate_error); this process knows its own blocks' protocols.
+    """
+    block = _blocks.get(token)
+    if block is not None and sock.type != block.protocol.socket_type:
+        raise InvalidParameter(f"{call}: {sock!r} is not a "
+                               f"{block.protocol.value.upper()} socket")
+
+
 class Block:
     """A runtime reservation held by an internal socket of the protocol's type."""
 
@@ -56,9 +70,12 @@ class Block:
             raise _errors.from_winerror(err, "reserve: SIO_ACQUIRE_PORT_RESERVATION")
         self._lock = threading.Lock()
         self.closed = False
+        _blocks[self.token] = self
 
     def take(self, sock: socket.socket, host: str, port: int = 0) -> int:
         """Associate ``sock`` with the block and bind it to ``port`` (0: any free one)."""
+        _args.unbound("bind", sock)
+        _args.host_address("bind", sock.family, host)
         with self._lock:
             if self.closed:
                 raise InvalidParameter(f"bind: reservation {self.token} was released")
@@ -70,14 +87,25 @@ class Block:
         _bind(sock, (host, port), "bind")
         return sock.getsockname()[1]
 
+    def socket(self, family: int | None = None, host: str = "",
+               port: int = 0) -> socket.socket:
+        """A new socket (dual-stack if AF_INET6) bound through take(): the
+        stack keeps the reservation, there is no holder to hand out."""
+        return socket_from_take(self, family, host, port)
+
     def close(self) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
+            _blocks.pop(self.token, None)
             # Closing the socket would release it too; releasing first says so.
             calls.release(self._holder.fileno(), self.token)
             self._holder.close()
+
+
+# This process's open runtime blocks by token (for _protocol_matches only).
+_blocks: weakref.WeakValueDictionary[int, Block] = weakref.WeakValueDictionary()
 
 
 # ---- the engine interface (see _engine.py) ------------------------------
@@ -117,6 +145,7 @@ def associate_error(err: int, call: str, sock: socket.socket,
 
 
 def associate(sock: socket.socket, token: int) -> None:
+    _protocol_matches("associate_port_reservation", sock, token)  # unbound: checked by the caller
     err = calls.associate(sock.fileno(), token)
     if err:
         raise associate_error(err, "associate_port_reservation: SIO_ASSOCIATE_PORT_RESERVATION",
@@ -128,6 +157,7 @@ def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
 
 
 def bind_token(sock: socket.socket, token: int, host: str) -> int:
+    _protocol_matches("bind", sock, token)  # unbound and host: checked by the caller
     associate(sock, token)
     _bind(sock, (host, 0), "bind")
     return sock.getsockname()[1]

@@ -125,7 +125,9 @@ def associate_port_reservation(sock: socket.socket, token: int) -> None:
     call = "associate_port_reservation"
     _args.sock(call, sock)
     _args.sock_protocol(call, sock)
-    engine.associate(sock, _args.token(call, token))
+    token = _args.token(call, token)
+    _args.unbound(call, sock)  # before the token is looked up: the same answer everywhere
+    engine.associate(sock, token)
 
 
 def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
@@ -136,7 +138,9 @@ def bind_associated(sock: socket.socket, address: tuple[Any, ...]) -> None:
     host byte order.  On Windows this is exactly ``sock.bind(address)`` (the
     stack applies the association); on Linux and macOS a ``port`` of 0 takes
     a free port of the associated block and a non-zero ``port`` must lie in
-    it.  A socket with no association is simply bound.
+    it.  A socket with no association is simply bound.  A ``SO_REUSEADDR``
+    set on ``sock`` is held back as ``Reservation.bind`` says (runtime
+    reservations).
 
     Raises:
         TypeError: ``address`` is not such a tuple, or ``host`` not a str.

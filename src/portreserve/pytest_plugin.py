@@ -1,4 +1,4 @@
-"""pytest fixtures that hold real port reservations (API.md section 5).
+"""pytest fixtures that hold real port reservations (docs/API.md section 5).
 
 Loaded through the ``pytest11`` entry point ``portreserve``; ``pytest -p
 no:portreserve`` turns it off.  Loading it costs this file and the
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -125,32 +123,7 @@ def reserved_udp_socket(reservation: ReservationFactory) -> Iterator[socket.sock
     yield from _socket_fixture(reservation, "udp")
 
 
-def _die_with_parent() -> Any:
-    """A preexec_fn that makes the child die with the process that started it.
-
-    A pytest-xdist worker killed with SIGKILL runs no teardown; without this
-    its children would keep the ports they borrowed.  Linux's
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is set
-    only for children started from the main thread (where tests run).
-    """
-    if (not sys.platform.startswith("linux")
-            or threading.current_thread() is not threading.main_thread()):
-        return None
-    import ctypes
-    import os
-    import signal
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    return preexec
-
-
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[Any]) -> None:
     """Terminate ``proc`` (SIGKILL if SIGTERM is not enough), reap it, close its pipes."""
     try:
         if proc.poll() is None:
@@ -195,18 +168,18 @@ class PopenFactory:
     ``count`` ports, named in ``args`` by ``{port}``, ``{port0}``...
 
     Every child is terminated (SIGTERM, then SIGKILL after 5 s) and reaped
-    at teardown, whatever the outcome of the test; on Linux a child started
-    from the main thread is also killed when the test process dies (an
-    xdist worker killed with SIGKILL), unless ``preexec_fn`` is given.
+    at teardown, whatever the outcome of the test.  A test process killed
+    outright (SIGKILL) runs no teardown: its children outlive it.
     Raises what ``reserve`` and ``Reservation.popen`` raise.
     """
 
     def __init__(self, reservations: ReservationFactory) -> None:
         self._reservations = reservations
-        self._children: list[subprocess.Popen] = []
+        self._children: list[subprocess.Popen[Any]] = []
 
-    def __call__(self, args: Sequence[Any], *, count: int = 1, protocol: str | Protocol = "tcp",
-                 listen_fds: bool = False, **kwargs: Any) -> tuple[subprocess.Popen, Reservation]:
+    def __call__(self, args: Sequence[Any], *, count: int = 1,
+                 protocol: str | Protocol = "tcp", listen_fds: bool = False,
+                 **kwargs: Any) -> tuple[subprocess.Popen[Any], Reservation]:
         from portreserve import _args
 
         proto = _args.protocol("reserved_popen", protocol)
@@ -215,8 +188,6 @@ class PopenFactory:
             res = shared
         else:
             res = self._reservations(count, protocol=protocol)
-        if "preexec_fn" not in kwargs:
-            kwargs["preexec_fn"] = _die_with_parent()
         proc = res.popen(args, listen_fds=listen_fds, **kwargs)
         self._children.append(proc)
         return proc, res
