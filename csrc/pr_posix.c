@@ -132,7 +132,9 @@ int pr_hold_any(int family, int type, int *fd, int *err)
     for (tries = 0; tries < 16; tries++) {
         struct sockaddr_in6 sa;
         socklen_t len = sizeof sa;
-        int port, h, probe = open_holder(family, type);
+        /* The probe needs no holder options: a port it finds that the
+         * dual-stack holder cannot take only costs another try. */
+        int port, h, probe = cloexec_socket(family, type, 0);
         if (probe < 0)
             return fail(err);
         if (bind_port(probe, family, NULL, 0) < 0 ||
@@ -562,7 +564,7 @@ int pr_port_range(unsigned int *lo, unsigned int *hi, int *err)
  * still shuts everybody out. */
 int pr_readopt(int fd, int reset_options, int *err)
 {
-    int family, type, off = 0, flags, reuseport = 0, listening = 0;
+    int family, type, off = 0, flags, reuseport = 0, reuseaddr = 0, listening = 0;
     unsigned int drained = 0;
     struct sockaddr_storage sa;
     socklen_t len = sizeof type, salen = sizeof sa;
@@ -576,10 +578,15 @@ int pr_readopt(int fd, int reset_options, int *err)
         *err = EISCONN;
         return -1;
     }
+    /* Read first and cleared only where set: a holder coming back usually
+     * has neither, and each call is a system call. */
     len = sizeof reuseport;
-    if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &reuseport, &len) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off) < 0)
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &reuseport, &len) < 0)
+        return fail(err);
+    len = sizeof reuseaddr;
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuseaddr, &len) < 0 ||
+        (reuseaddr && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &off, sizeof off) < 0) ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &off, sizeof off) < 0))
         return fail(err);
 #ifdef __linux__
     {
@@ -621,7 +628,7 @@ int pr_readopt(int fd, int reset_options, int *err)
         connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return fail(err);
     flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+    if (flags < 0 || ((flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0))
         return fail(err);
     if (type == SOCK_DGRAM) {
         char byte;

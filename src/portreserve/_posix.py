@@ -37,6 +37,7 @@ import os
 import random
 import resource
 import socket
+import struct
 import threading
 import weakref
 from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
@@ -73,11 +74,20 @@ _associated: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDict
 def _new_token() -> int:
     """A token nobody can guess: 64 bits from the system's CSPRNG (not our
     seeded generator, whose output can be predicted and repeats after fork),
-    non-zero and unique among this process's live reservations."""
+    non-zero and unique among this process's live reservations.  Called with
+    _lock held.  Drawn 64 at a time (one os.urandom call costs as much as a
+    tenth of reserve(1)); a forked child drops what is left."""
+    global _token_pool
     while True:
-        token = int.from_bytes(os.urandom(8), "little")
+        if not _token_pool:
+            _token_pool = list(_unpack_tokens(os.urandom(512)))
+        token = _token_pool.pop()
         if token and token not in _blocks:
             return token
+
+
+_token_pool: list[int] = []
+_unpack_tokens = struct.Struct("<64Q").unpack
 
 
 def _raise_nofile_limit() -> bool:
@@ -229,6 +239,12 @@ def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
 
 
 _MAIN_THREAD = threading.main_thread().ident
+_get_ident = threading.get_ident
+# The main thread's saved signal mask, and how many _signals_held sections
+# it is inside (a finalizer may open one inside another): only the outermost
+# blocks and restores.
+_mask: Any = None  # made at the first section (the backend may refuse: a bad setting)
+_depth = 0
 
 
 class _signals_held:
@@ -238,22 +254,32 @@ class _signals_held:
     between a descriptor made and the record that owns it.  Costs two
     system calls."""
 
-    __slots__ = ("state",)
+    __slots__ = ("main",)
 
     def __enter__(self) -> None:
-        if threading.get_ident() != _MAIN_THREAD:
-            self.state = None
+        global _depth, _mask
+        self.main = _get_ident() == _MAIN_THREAD
+        if not self.main:
             return
-        state = self.state = calls.signal_state()
+        if _depth:
+            _depth += 1
+            return
+        if _mask is None:
+            _mask = calls.signal_state()
+        _depth = 1
         try:
-            calls.hold_signals(state)
+            calls.hold_signals(_mask)
         except BaseException:  # a handler that was already due: nothing done yet
-            calls.restore_signals(state)
+            _depth -= 1
+            calls.restore_signals(_mask)
             raise
 
     def __exit__(self, *exc_info) -> None:
-        if self.state is not None:
-            calls.restore_signals(self.state)
+        global _depth
+        if self.main:
+            _depth -= 1
+            if not _depth:
+                calls.restore_signals(_mask)
 
 
 class Block:
@@ -273,6 +299,12 @@ class Block:
     an exception from a signal handler anywhere leaves nothing unowned.
     """
 
+    # Slots: a reservation is made and dropped on every reserve(1); its
+    # state then costs less to set up and to read.
+    __slots__ = ("closed", "_fds", "count", "protocol", "_type", "_lock", "_dropped",
+                 "start", "family", "_free", "_lent", "_out", "_lost", "owner",
+                 "finalizer", "token", "__weakref__")
+
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
         with _signals_held():
             self._init(protocol, start, count)
@@ -281,7 +313,11 @@ class Block:
         self.closed = True  # nothing to close until the holders are in _fds
         self._fds = calls.new_fds(count)
         self.count, self.protocol = count, protocol
+        self._type = protocol.socket_type
         self._lock = threading.Lock()
+        # (port, fd) of handed-out holders the garbage collector closed; taken
+        # back at the next call (a finalizer may run while the lock is held).
+        self._dropped: list[tuple[int, int]] = []
         _every_block.add(self)
         self.closed = False
         try:
@@ -294,13 +330,11 @@ class Block:
         self.start, self.family = start, _family
         # Free indexes as an ordered set: O(1) to take any or a given one;
         # the port given back last is handed out first, the lowest at start.
-        self._free: dict[int, None] = dict.fromkeys(range(count - 1, -1, -1))
+        self._free: dict[int, None] = (
+            {0: None} if count == 1 else dict.fromkeys(range(count - 1, -1, -1)))
         self._lent: dict[int, weakref.ref] = {}
         self._out: dict[int, weakref.ref] = {}
         self._lost: set[int] = set()
-        # (port, fd) of handed-out holders the garbage collector closed; taken
-        # back at the next call (a finalizer may run while the lock is held).
-        self._dropped: list[tuple[int, int]] = []
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
@@ -312,8 +346,9 @@ class Block:
         # close_all marks each entry -1 as it goes: interrupted, it can be
         # called again, and the block counts as closed only once it finished.
         calls.close_all(self._fds, self.count)
-        for port, fd in self._drain_dropped():
-            os.close(fd)
+        if self._dropped:
+            for port, fd in self._drain_dropped():
+                os.close(fd)
         self.closed = True
 
     def _drain_dropped(self) -> list[tuple[int, int]]:
@@ -327,21 +362,23 @@ class Block:
         """An index whose holder is free (``port``'s, or any if 0); the lock is held."""
         if self.closed:
             raise InvalidParameter(f"bind: reservation {self.token} was released")
-        for dropped_port, fd in self._drain_dropped():
-            self._readopt(dropped_port, fd, True)
-        self._collect()
-        last = self.start + self.count - 1
+        if self._dropped:
+            for dropped_port, fd in self._drain_dropped():
+                self._readopt(dropped_port, fd, True)
+        if self._lent or self._lost:
+            self._collect()
         if port:
             i = port - self.start
             if not 0 <= i < self.count:
-                raise InvalidParameter(f"bind: port {port} is not in block {self.start}..{last}")
+                raise InvalidParameter(f"bind: port {port} is not in block "
+                                       f"{self.start}..{self.start + self.count - 1}")
             if i not in self._free:
                 raise ReservationExhausted(f"bind: port {port} is in use")
             del self._free[i]
             return i
         if not self._free:
-            raise ReservationExhausted(
-                f"bind: every port of {self.start}..{last} is held by an open socket")
+            raise ReservationExhausted(f"bind: every port of {self.start}.."
+                                       f"{self.start + self.count - 1} is held by an open socket")
         return self._free.popitem()[0]
 
     def _collect(self) -> None:
@@ -378,8 +415,8 @@ class Block:
         InvalidParameter (released, bad host) or ReservationExhausted.
         """
         if family is None:
-            family = _family_for(host, self.family)
-        type_ = self.protocol.socket_type
+            family = _family_for(host, self.family) if host else self.family
+        type_ = self._type
         if family != self.family or host not in _WILDCARD[family]:
             try:
                 sock = socket.socket(family, type_)
@@ -393,20 +430,19 @@ class Block:
                 sock.close()
                 raise
             return sock
-        with _signals_held():
-            with self._lock:
-                i = self._pick(port)
-                if type_ == socket.SOCK_DGRAM:
-                    try:
-                        calls.open_input(self._fds[i], _udp_rcvbuf())
-                    except OSError as exc:
-                        fd, self._fds[i] = self._fds[i], -1
-                        self._readopt(self.start + i, fd, True)  # deaf again, and free
-                        raise _errors.from_errno(exc.errno, "Reservation.socket") from None
-                sock = _HeldSocket(family, type_, 0, self._fds[i])
-                self._fds[i] = -1  # the socket object owns the holder from here
-                sock._block, sock._port = self, self.start + i
-                self._out[i] = weakref.ref(sock)
+        with _signals_held(), self._lock:
+            i = self._pick(port)
+            if type_ == socket.SOCK_DGRAM:
+                try:
+                    calls.open_input(self._fds[i], _udp_rcvbuf())
+                except OSError as exc:
+                    fd, self._fds[i] = self._fds[i], -1
+                    self._readopt(self.start + i, fd, True)  # deaf again, and free
+                    raise _errors.from_errno(exc.errno, "Reservation.socket") from None
+            sock = _HeldSocket(family, type_, 0, self._fds[i])
+            self._fds[i] = -1  # the socket object owns the holder from here
+            sock._block, sock._port = self, self.start + i
+            self._out[i] = weakref.ref(sock)
             return sock
 
     def readopt(self, port: int, fd: int, reset_options: bool = True) -> None:
@@ -807,10 +843,14 @@ def _passing_to_child(fds: list[int]) -> Iterator[None]:
 
 def _after_fork_in_child() -> None:
     """A forked child holds nothing of its parent's runtime reservations."""
-    global _lock, _MAIN_THREAD, _listen_lock
+    global _lock, _MAIN_THREAD, _listen_lock, _depth, _mask, _token_pool
     _lock = threading.Lock()  # another thread may have held it at fork time
     _listen_lock = threading.Lock()
-    _MAIN_THREAD = threading.get_ident()  # the forking thread is the child's main one
+    if threading.get_ident() != _MAIN_THREAD:
+        # The forking thread is the child's main one, with its own signal
+        # mask: the sections the parent's main thread was in are not its.
+        _MAIN_THREAD, _depth, _mask = threading.get_ident(), 0, None
+    _token_pool = []  # the parent's unused tokens, which it still hands out
     thread, keep = _passing
     if thread != _MAIN_THREAD:
         keep = frozenset()

@@ -125,13 +125,16 @@ def signal_state() -> Any:
     return ffi.new("unsigned char[136]")
 
 
+# Only the main thread blocks signals (_linux._signals_held), so one errno
+# cell serves every call: no allocation on this path, taken twice a call.
+_signal_err = ffi.new("int *")
+
+
 def hold_signals(state: Any) -> None:
-    err = ffi.new("int *")
-    if lib.pr_hold_signals(state, err) < 0:
-        _raise(err[0])
+    if lib.pr_hold_signals(state, _signal_err) < 0:
+        _raise(_signal_err[0])
 
 
 def restore_signals(state: Any) -> None:
-    err = ffi.new("int *")
-    if lib.pr_restore_signals(state, err) < 0:
-        _raise(err[0])
+    if lib.pr_restore_signals(state, _signal_err) < 0:
+        _raise(_signal_err[0])

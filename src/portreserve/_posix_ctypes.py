@@ -179,7 +179,7 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
     # shim: only an explicitly bound port survives readopt()).  Until this
     # returns the port is not reserved: a racer only costs another try.
     for _ in range(16):
-        probe = _open_holder(family, type)
+        probe = socket.socket(family, type)  # no holder options needed (as the shim)
         try:
             probe.bind((_WILDCARD[family], 0))
             port = probe.getsockname()[1]
@@ -511,8 +511,10 @@ def readopt(fd: int, reset_options: bool) -> None:
                     if exc.errno != errno.ENOTCONN:
                         raise
             reuseport = s.getsockopt(_SOL, socket.SO_REUSEPORT)
-            s.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
-            s.setsockopt(_SOL, socket.SO_REUSEPORT, 0)
+            if s.getsockopt(_SOL, socket.SO_REUSEADDR):  # cleared only where set, as the shim
+                s.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
+            if reuseport:
+                s.setsockopt(_SOL, socket.SO_REUSEPORT, 0)
             if _LINUX and s.getsockopt(_SOL, 25, 16).strip(b"\0"):  # SO_BINDTODEVICE
                 s.setsockopt(_SOL, 25, b"")
             if reset_options:

@@ -106,8 +106,10 @@ class Reservation:
         InvalidParameter (released, bad family or host) or
         ReservationExhausted (every port held by an open socket).
         """
-        family = _args.family("Reservation.socket", family)
-        return self._block.socket(family, _args.host("Reservation.socket", host))
+        if family is not None or host.__class__ is not str or host:  # else nothing to check
+            family = _args.family("Reservation.socket", family)
+            host = _args.host("Reservation.socket", host)
+        return self._block.socket(family, host)
 
     def release(self) -> None:
         """Give the block back; sockets already bound from it are left alone.
