@@ -58,6 +58,7 @@ from ._records import PortReservationInstance, Protocol
 
 if TYPE_CHECKING:
     from ._interfaces import Block as _AnyBlock
+    from ._interfaces import Fds
     from ._records import PersistentReservation
 
 _LINUX = sys.platform.startswith("linux")
@@ -105,7 +106,7 @@ def _raise_nofile_limit() -> bool:
     return False
 
 
-def _hold(type_: int, start: int, count: int, fds) -> tuple[int, int]:
+def _hold(type_: int, start: int, count: int, fds: Fds) -> tuple[int, int]:
     """calls.hold, falling back to IPv4 holders on a host without IPv6."""
     global _family
     n, err = calls.hold(_family, type_, start, count, fds)
@@ -115,7 +116,7 @@ def _hold(type_: int, start: int, count: int, fds) -> tuple[int, int]:
     return n, (0 if n == count else err)
 
 
-def _hold_block(protocol: Protocol, start: int, count: int, fds) -> int:
+def _hold_block(protocol: Protocol, start: int, count: int, fds: Fds) -> int:
     """Hold ``start .. start+count-1`` (any free block if start is 0); its start."""
     for retry in (True, False):
         try:
@@ -171,7 +172,7 @@ def _bound_ports(proto: int, which: int, taken: bytearray) -> bytearray:
         return taken
 
 
-def _hold_wildcard(protocol: Protocol, count: int, fds) -> int:
+def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
     """Find and hold a free block of ``count`` ports; return its start.
 
     The binds are the only real check.  Cheap guesses come first: for one
@@ -274,7 +275,7 @@ class _signals_held:
             calls.restore_signals(_mask)
             raise
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         global _depth
         if self.main:
             _depth -= 1
@@ -332,8 +333,8 @@ class Block:
         # the port given back last is handed out first, the lowest at start.
         self._free: dict[int, None] = (
             {0: None} if count == 1 else dict.fromkeys(range(count - 1, -1, -1)))
-        self._lent: dict[int, weakref.ref] = {}
-        self._out: dict[int, weakref.ref] = {}
+        self._lent: dict[int, weakref.ref[Socket]] = {}
+        self._out: dict[int, weakref.ref[Socket]] = {}
         self._lost: set[int] = set()
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
@@ -658,7 +659,7 @@ class _HeldSocket(socket.socket):
         self._block, self._port, self._dirty, self._shared = None, 0, False, False
         super().__init__(family, type, proto, fileno)
 
-    def setsockopt(self, *args) -> None:
+    def setsockopt(self, *args: Any) -> None:
         self._dirty = True  # readopt() then resets the options to a holder's
         super().setsockopt(*args)
 
@@ -669,7 +670,7 @@ class _HeldSocket(socket.socket):
             block._given_away(self._port)
         return super().detach()
 
-    def _real_close(self, _ss=_socket.socket) -> None:
+    def _real_close(self, _ss: type[_socket.socket] = _socket.socket) -> None:
         block = getattr(self, "_block", None)
         self._block = None
         if block is None:

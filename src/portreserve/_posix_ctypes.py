@@ -20,7 +20,7 @@ and put them back.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import _socket
 import ctypes
@@ -151,7 +151,7 @@ def new_fds(count: int) -> list[int]:
     return [-1] * count
 
 
-def hold(family: int, type: int, start: int, count: int, fds) -> tuple[int, int]:
+def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int, int]:
     """Holders for start..start+count-1 into fds; (ports held, errno)."""
     host = _WILDCARD[family]
     i = 0
@@ -200,7 +200,7 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
     _raise(errno.EADDRINUSE)
 
 
-def close_all(fds, count: int) -> None:
+def close_all(fds: Fds, count: int) -> None:
     for i in range(count):
         fd = fds[i]
         if fd >= 0:
@@ -440,7 +440,7 @@ def _restore_flags(fd: int, flags: int | None) -> None:
         _quietly(fcntl.fcntl, fd, fcntl.F_SETFL, flags)
 
 
-def _quietly(call, *args) -> None:
+def _quietly(call: Callable[..., object], *args: object) -> None:
     # Best-effort undo steps, unchecked as in the shim.
     try:
         call(*args)
