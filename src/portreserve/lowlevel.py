@@ -192,26 +192,10 @@ def create_persistent_tcp_port_reservation(start_port: int, number_of_ports: int
 
 
 def create_persistent_udp_port_reservation(start_port: int, number_of_ports: int) -> int:
-    """Reserve ``start_port .. start_port + number_of_ports - 1`` for UDP host-wide.
+    """As ``create_persistent_tcp_port_reservation``, for UDP.
 
-    The reservation outlives this process (Linux: until deleted, and across
-    reboots once ``portreserve persistent restore`` runs at boot).  Needs
-    administrator rights on Windows, CAP_NET_ADMIN on Linux.
-
-    Returns:
-        The reservation token (non-zero, 64 bits).
-    Raises:
-        InvalidParameter: ``start_port`` 0 (no wildcard here) or outside
-            1..65535; ``number_of_ports`` outside 1..65535; past 65535.
-        AccessDenied: without the rights above.
-        ReservationConflict: the block overlaps another reservation or a
-            port in use.
-        NotSupported: the system has no persistent reservations (macOS,
-            Wine).
     Mirrors:
-        CreatePersistentUdpPortReservation function (iphlpapi.h); on Linux
-        /proc/sys/net/ipv4/ip_local_reserved_ports plus a state file
-        (docs/linux.md).
+        CreatePersistentUdpPortReservation function (iphlpapi.h).
     """
     return engine.create_persistent(Protocol.UDP, *_check(
         "create_persistent_udp_port_reservation", start_port, number_of_ports))
@@ -238,18 +222,8 @@ def delete_persistent_tcp_port_reservation(start_port: int, number_of_ports: int
 
 
 def delete_persistent_udp_port_reservation(start_port: int, number_of_ports: int) -> None:
-    """Delete the persistent UDP reservation of exactly that block.
+    """As ``delete_persistent_tcp_port_reservation``, for UDP.
 
-    ``start_port`` and ``number_of_ports`` must be those it was created
-    with.  Needs the same rights as creating it.
-
-    Raises:
-        InvalidParameter: ``start_port`` 0 or outside 1..65535;
-            ``number_of_ports`` outside 1..65535; past 65535.
-        AccessDenied: without administrator rights / CAP_NET_ADMIN.
-        ReservationNotFound: no persistent reservation of that block.
-        NotSupported: the system has no persistent reservations (macOS,
-            Wine).
     Mirrors:
         DeletePersistentUdpPortReservation function (iphlpapi.h).
     """
@@ -276,16 +250,8 @@ def lookup_persistent_tcp_port_reservation(start_port: int, number_of_ports: int
 
 
 def lookup_persistent_udp_port_reservation(start_port: int, number_of_ports: int) -> int:
-    """The token of the persistent UDP reservation of exactly that block.
+    """As ``lookup_persistent_tcp_port_reservation``, for UDP.
 
-    Needs no privilege.  Tokens may change across a reboot.
-
-    Raises:
-        InvalidParameter: ``start_port`` 0 or outside 1..65535;
-            ``number_of_ports`` outside 1..65535; past 65535.
-        ReservationNotFound: no persistent reservation of that block.
-        NotSupported: the system has no persistent reservations (macOS,
-            Wine).
     Mirrors:
         LookupPersistentUdpPortReservation function (iphlpapi.h).
     """
