@@ -177,14 +177,14 @@ def _listening(fd: int, protocol: Protocol) -> None:
 
 def popen(reservation: Reservation, args: Args, *, listen_fds: bool = False,
           **kwargs: Any) -> ReservedPopen:
-    block: Any = reservation._block  # an engine Block with lend()/give_back(), or not
+    block: Any = reservation._block  # on POSIX the engine's Block, with lend()/give_back()
     ports = list(range(block.start, block.start + block.count))
     args = substitute(args, ports)
     env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
     env["PORT"] = str(ports[0])
     env["PORTRESERVE_PORTS"] = f"{ports[0]}-{ports[-1]}"
     kwargs["env"] = env
-    if not hasattr(block, "lend"):
+    if sys.platform == "win32":  # Windows cannot lend single ports of a reservation
         return _popen_released(reservation, args, listen_fds, kwargs)
     argv, program = _program(args, kwargs, env)
     library = None if listen_fds else preload_library()
