@@ -53,6 +53,7 @@ from ._errors import (
     ReservationExhausted,
     ReservationNotFound,
 )
+from ._interfaces import socket_from_take
 from ._port_list import parse_port_list
 from ._records import PortReservationInstance, Protocol
 
@@ -419,18 +420,7 @@ class Block:
             family = _family_for(host, self.family) if host else self.family
         type_ = self._type
         if family != self.family or host not in _WILDCARD[family]:
-            try:
-                sock = socket.socket(family, type_)
-            except OSError as exc:  # no descriptor left
-                raise _errors.from_errno(exc.errno, "Reservation.socket") from None
-            try:
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                self.take(sock, host, port)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
+            return socket_from_take(self, family, host, port)
         with _signals_held(), self._lock:
             i = self._pick(port)
             if type_ == socket.SOCK_DGRAM:
