@@ -224,23 +224,14 @@ def cases() -> list[dict]:
 
 def _bound_sockets() -> list:
     """(family, type, port) of every socket of this process."""
+    from helpers import own_sockets
     out = []
-    for name in os.listdir("/proc/self/fd"):
+    for _, s in own_sockets():
         try:
-            fd = os.dup(int(name))
-        except OSError:  # the listing's own descriptor, closed by now
-            continue
-        try:
-            s = socket.socket(fileno=fd)
-        except OSError:  # not a socket
-            os.close(fd)
-            continue
-        with s:
-            try:
-                out.append((s.family, s.type, s.getsockname()[1] if s.family in
-                            (socket.AF_INET, socket.AF_INET6) else str(s.getsockname())))
-            except OSError:
-                pass
+            out.append((s.family, s.type, s.getsockname()[1] if s.family in
+                        (socket.AF_INET, socket.AF_INET6) else str(s.getsockname())))
+        except OSError:
+            pass
     return sorted(out, key=repr)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+from typing import Iterator
 
 import pytest
 
@@ -88,11 +90,9 @@ def can_bind(port: int, *, host: str = "127.0.0.1", udp: bool = False,
     return result.returncode == 0
 
 
-def bound_here(port: int, *, udp: bool = False) -> list[int]:
-    """Descriptors of this process bound to ``port`` (TCP, or UDP), any address."""
-    import socket
-    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-    found = []
+def own_sockets() -> Iterator[tuple[int, socket.socket]]:
+    """Each socket of this process: (its descriptor, a socket object on a dup
+    of it, closed again once the caller moves on)."""
     for name in open_fds():
         try:
             fd = os.dup(int(name))
@@ -104,12 +104,20 @@ def bound_here(port: int, *, udp: bool = False) -> list[int]:
             os.close(fd)
             continue
         with sock:
-            try:
-                if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == kind
-                        and sock.getsockname()[1] == port):
-                    found.append(int(name))
-            except OSError:
-                pass
+            yield int(name), sock
+
+
+def bound_here(port: int, *, udp: bool = False) -> list[int]:
+    """Descriptors of this process bound to ``port`` (TCP, or UDP), any address."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    found = []
+    for fd, sock in own_sockets():
+        try:
+            if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == kind
+                    and sock.getsockname()[1] == port):
+                found.append(fd)
+        except OSError:
+            pass
     return found
 
 
