@@ -61,10 +61,20 @@ def _named(start: int, count: int, wildcard: bool) -> str:
     return f"{start}..{start + count - 1}"
 
 
+def _usage(args: list[str]) -> str:
+    """How the usage of the (sub)command that ``args`` name begins."""
+    words = args[:1] if args[:1] in (["demo"], ["reserve"], ["run"], ["persistent"]) else []
+    if words == ["persistent"] and args[1:2] in (["add"], ["delete"], ["lookup"], ["list"],
+                                                  ["restore"]):
+        words = args[:2]
+    return " ".join(["usage: portreserve", *words, "" if words else "[-h]"])
+
+
 def cases() -> list[dict]:
     out: list[dict] = []
 
-    def add(code: str, expect: tuple, names: str | None = None, needs: str = "") -> None:
+    def add(code: str, expect: tuple, names: str | None = None, needs: str = "",
+            usage: str = "") -> None:
         cls, errno, winerror = expect
         # What a case needs beyond TCP/UDP sockets of AF_INET and AF_INET6.
         needs = sorted({n for n in ("AF_UNIX", "AF_PACKET") if f"socket.{n}" in code}
@@ -72,7 +82,7 @@ def cases() -> list[dict]:
                        | ({"reservation"} if re.search(r"\b(res|released)\.", code) else set())
                        | ({needs} if needs else set()))
         out.append({"id": code, "code": code, "cls": cls, "errno": errno,
-                    "winerror": winerror, "names": names, "needs": needs})
+                    "winerror": winerror, "names": names, "needs": needs, "usage": usage})
 
     # Runtime reservations: portreserve.reserve and its asyncio twin.
     for start, count in BAD_BLOCKS:
@@ -195,24 +205,54 @@ def cases() -> list[dict]:
     add("portreserve.create_persistent('5000', 1)", TYPE, "start")
     add("lowlevel.lookup_persistent_tcp_port_reservation(5000, None)", TYPE, "count")
 
-    # The command line: status 1 and one line naming the value, or argparse's 2.
+    # The command line: bad input is a usage error (status 2, as argparse's
+    # own: the command's usage, then one line naming the value); a failure
+    # of a call is status 1 with one line.
+    for args, named in [
+            (["reserve", "0"], "number of ports 0"),
+            (["reserve", "-1"], "number of ports -1"),
+            (["reserve", "70000"], "number of ports 70000"),
+            (["reserve", "2", "--start", "65535"], "65535..65536"),
+            (["reserve", "1", "--start", "-5"], "start port -5"),
+            (["reserve", "1", "--start", "70000", "--udp", "--hold"], "start port 70000"),
+            (["run", "--count", "0", "--", "true"], "number of ports 0"),
+            (["run", "--start", "70000", "--", "true"], "start port 70000"),
+            (["run", "--count", "2", "--start", "65535", "--", "true"], "65535..65536"),
+            (["run", "--count", "70000", "--listen-fds", "--", "true"], "number of ports 70000"),
+            (["run"], "no command given"),
+            (["run", "--"], "no command given"),
+            (["run", "--", "true", "{port1}"], "{port1}"),
+            (["run", "--count", "2", "--", "true", "x{port2}"], "{port2}"),
+            (["run", "--count", "x", "--", "true"], "'x'"),
+            (["run", "--start", "1.5", "--", "true"], "'1.5'"),
+            (["run", "--bogus", "--", "true"], "--bogus"),
+            (["demo", "--bogus"], "--bogus"),
+            (["demo", "--persistent", "1"], "arguments: 1"),
+            (["reserve", "x"], "'x'"),
+            (["reserve"], "COUNT"),
+            (["reserve", "1", "--start", "1.5"], "'1.5'"),
+            (["bogus"], "'bogus'"),
+            (["persistent", "add", "0", "1"], "start port 0"),
+            (["persistent", "add", "5000", "0", "--udp"], "number of ports 0"),
+            (["persistent", "delete", "65535", "2"], "65535..65536"),
+            (["persistent", "lookup", "70000", "1"], "start port 70000"),
+            (["persistent", "lookup", "-1", "1"], "start port -1"),
+            (["persistent", "add", "1"], "COUNT"),
+            (["persistent", "add", "x", "1"], "'x'"),
+            (["persistent", "list", "--tcp", "--udp"], "--udp"),
+            (["persistent", "list", "5"], "arguments: 5"),
+            (["persistent", "restore", "--bogus"], "--bogus"),
+            (["persistent", "bogus"], "'bogus'")]:
+        add(f"cli({', '.join(map(repr, args))})", ("exit 2", None, None), named,
+            usage=_usage(args))
     for args, expect, named in [
-            (["reserve", "0"], TCP_EINVAL, "number of ports 0"),
-            (["reserve", "-1"], TCP_EINVAL, "number of ports -1"),
-            (["reserve", "70000"], TCP_EINVAL, "number of ports 70000"),
-            (["reserve", "2", "--start", "65535"], TCP_EINVAL, "65535..65536"),
-            (["reserve", "1", "--start", "-5"], TCP_EINVAL, "start port -5"),
-            (["persistent", "add", "0", "1"], PERSIST_EINVAL, "start port 0"),
-            (["persistent", "add", "5000", "0", "--udp"], PERSIST_EINVAL, "number of ports 0"),
-            (["persistent", "delete", "65535", "2"], PERSIST_EINVAL, "65535..65536"),
-            (["persistent", "lookup", "70000", "1"], PERSIST_EINVAL, "start port 70000"),
             (["persistent", "lookup", "5000", "1"], NOT_FOUND, "5000..5000"),
             (["persistent", "delete", "5000", "3", "--udp"], NOT_FOUND, "5000..5002")]:
         add(f"cli({', '.join(map(repr, args))})", ("exit 1",) + expect[1:], named,
-            "persistent calls" if expect is NOT_FOUND else "")
-    for args in (["reserve", "x"], ["reserve"], ["persistent", "add", "1"], ["bogus"],
-                 ["persistent", "list", "--tcp", "--udp"], ["reserve", "1", "--start", "1.5"]):
-        add(f"cli({', '.join(map(repr, args))})", ("exit 2", None, None), None)
+            "persistent calls")
+    for args in ("'reserve', '1', '--start', str(res.start)",
+                 "'run', '--start', str(res.start), '--', 'true'"):
+        add(f"cli({args})", ("exit 1", 98, 10048), "EADDRINUSE")  # a port taken: a failure
     add("cli('reserve', '1', env={'PORTRESERVE_BACKEND': 'bogus'})", ("exit 2", None, None),
         "PORTRESERVE_BACKEND='bogus'")
     add("cli('persistent', 'list', env={'PORTRESERVE_BACKEND': 'rust'})",
@@ -391,11 +431,16 @@ def _check_cli(case: dict, result: CliResult) -> str | None:
         return f"expected status {status}, got {result.status}: {result.stderr}"
     if "Traceback" in result.stderr:
         return f"a traceback: {result.stderr}"
+    lines = result.stderr.splitlines()
     if status == 1:
-        lines = result.stderr.splitlines()
         want = f"[errno {case['errno']}, winerror {case['winerror']}]"
         if len(lines) != 1 or not lines[0].startswith("portreserve: ") or want not in lines[0]:
             return f"expected one line 'portreserve: ... {want}', got {result.stderr!r}"
+    if case["usage"]:  # argparse's form: the command's usage, then one error line
+        if not lines or not lines[0].startswith(case["usage"]):
+            return f"expected {case['usage']!r}..., got {result.stderr!r}"
+        if ": error: " not in lines[-1] or case["names"] not in lines[-1]:
+            return f"expected a last line '...: error: ... {case['names']}', got {result.stderr!r}"
     if case["names"] and case["names"] not in result.stderr:
         return f"message does not name {case['names']!r}: {result.stderr!r}"
     if case["names"] and "PORTRESERVE_BACKEND" in case["names"]:

@@ -11,6 +11,9 @@ import sys
 import portreserve
 from portreserve import lowlevel
 
+from . import _args
+from ._child import substitute
+
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
@@ -93,10 +96,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _say("done")
 
 
+def _command(args: argparse.Namespace) -> list[str]:
+    line: list[str] = args.command_line
+    return line[1:] if line[:1] == ["--"] else line
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
-    if not command:
-        raise portreserve.InvalidParameter("run: no command given (portreserve run -- CMD ...)")
+    command = _command(args)
     res = portreserve.reserve(args.count, start=args.start,
                               protocol="udp" if args.udp else "tcp")
     with res:
@@ -129,11 +135,18 @@ def _cmd_reserve(args: argparse.Namespace) -> None:
         else:
             _say("holding: no program can bind these ports, yours included, until Ctrl-C "
                  "releases them (portreserve run -- CMD {port} gives them to a program)")
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            # Ended by a signal as a killed program is, and as `run` ends when
+            # its child is killed: released, then 128 + the signal's number
+            # (SIGINT: KeyboardInterrupt, 130 in main).
+            previous = signal.signal(signal.SIGTERM, _terminated)
             try:
                 signal.pause() if hasattr(signal, "pause") else input()
-            except KeyboardInterrupt:
-                pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(*_: object) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def _print_persistent(r: portreserve.PersistentReservation) -> None:
@@ -197,15 +210,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Reserve COUNT consecutive ports and print them.  The ports are released "
                     "as soon as this command exits: without --hold that is at once, so the "
                     "printed ports are free again and anyone may take them.  --hold keeps "
-                    "them reserved until Ctrl-C or SIGTERM, but then nobody can bind them, "
-                    "the program you meant them for included.  To give ports to a program, "
-                    "use: portreserve run -- CMD {port}")
+                    "them reserved until Ctrl-C (exit status 130) or SIGTERM (143), but then "
+                    "nobody can bind them, the program you meant them for included.  To give "
+                    "ports to a program, use: portreserve run -- CMD {port}.  Bad arguments "
+                    "exit with status 2, failures with 1.")
     res.add_argument("count", type=int, metavar="COUNT")
     res.add_argument("--start", type=int, default=0, metavar="P",
                      help="first port (default: any free block)")
     res.add_argument("--udp", action="store_true", help="reserve UDP ports (default TCP)")
     res.add_argument("--hold", action="store_true",
-                     help="keep the block reserved (blocked for every program) until Ctrl-C")
+                     help="keep the block reserved (blocked for every program) until Ctrl-C "
+                          "(status 130) or SIGTERM (143) releases it")
     res.set_defaults(run=_cmd_reserve)
 
     per = sub.add_parser("persistent", help="host-wide reservations that outlive the process")
@@ -223,15 +238,41 @@ def _parser() -> argparse.ArgumentParser:
     only.add_argument("--udp", dest="only", action="store_const", const="udp")
     acts.add_parser("restore", help="re-apply saved reservations (run at boot)")
     per.set_defaults(run=_cmd_persistent, udp=False)
+    # Each command's own parser, for its usage errors (the innermost one wins).
+    for p in [*sub.choices.values(), *acts.choices.values()]:
+        p.set_defaults(parser=p)
     return parser
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Raise InvalidParameter for a bad value of ``args``, before anything is done."""
+    if args.command in ("reserve", "run"):
+        _args.block("reserve", args.start, args.count, wildcard=True)
+    if args.command == "run":
+        if not _command(args):
+            raise portreserve.InvalidParameter("run: no command given (portreserve run -- CMD ...)")
+        substitute(_command(args), [0] * args.count)  # a {portN} past the block
+    if args.command == "persistent" and args.action in ("add", "delete", "lookup"):
+        call = "create" if args.action == "add" else args.action
+        _args.persistent_block(f"{call}_persistent", args.start, args.count)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command; its exit status: 2 for bad command-line input (a usage
+    error, as argparse's own), 1 for a failure, else the command's own."""
+    # parse_args would let the top-level parser report a subcommand's unknown
+    # option, with the top-level usage.
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from ._backend import refused
     if refused is not None:  # a usage error, as argparse's own (status 2)
         print(f"portreserve: {refused}", file=sys.stderr)
         return 2
+    try:
+        _check(args)
+    except portreserve.InvalidParameter as exc:
+        args.parser.error(exc.strerror)
     try:
         return args.run(args) or 0
     except (portreserve.PortReservationError, OSError) as exc:
