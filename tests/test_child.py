@@ -320,6 +320,25 @@ def test_run_exit_status_and_placeholders():
     assert second == first + 1 and port == lo == first and hi == second
 
 
+def test_only_canonical_placeholders_are_replaced():
+    """{port}, {port0}, {port1}...: decimal indexes without leading zeros.
+    Any other spelling ({port01}, {port00}, other digits) is text, left as
+    it is, as every other text with braces (docs/API.md 1b)."""
+    args = ["{port01}", "{port00}", "{port1}", "{port0}", "{port}", "{port\u0661}",
+            "--x={port01}:{port1}", "{port+1}", "{port 1}"]
+    code = "import sys; print(sys.argv[1:])"
+    out = subprocess.run([sys.executable, "-m", "portreserve", "run", "--count", "2", "--",
+                          sys.executable, "-c", code, *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = eval(out.stdout)
+    first, second = int(got[3]), int(got[2])
+    assert second == first + 1 and got[4] == str(first)
+    assert got == ["{port01}", "{port00}", str(second), str(first), str(first), "{port\u0661}",
+                   f"--x={{port01}}:{second}", "{port+1}", "{port 1}"]
+    assert _child.substitute("{port10}x{port010}", list(range(11))) == "10x{port010}"
+
+
 def test_cli_version_and_reserve_says_released():
     out = subprocess.run([sys.executable, "-m", "portreserve", "--version"],
                          capture_output=True, text=True)

@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 #: What Popen takes as ``args``.
 Args = Union[str, bytes, "os.PathLike[str]", Sequence[Any]]
 
-_PLACEHOLDER = re.compile(r"\{port(\d*)\}")
+# {port}, {port0}, {port1}...: only canonical decimal indexes.  Any other
+# spelling ({port01}, {port00}, non-ASCII digits) is text, as every other
+# text with braces: a leading zero could mean either index.
+_PLACEHOLDER = re.compile(r"\{port(0|[1-9][0-9]*)?\}")
 
 # Runs in the child before the program: descriptors to 3.., LISTEN_PID, exec.
 _ACTIVATE = """\
@@ -61,7 +64,12 @@ except OSError as exc:
 
 
 def substitute(args: Args, ports: list[int]) -> Args:
-    """``{port}`` and ``{portN}`` replaced in ``args`` (a string or a sequence)."""
+    """``{port}`` and ``{portN}`` replaced in ``args`` (a string or a sequence).
+
+    ``N`` is a decimal index without leading zeros (``{port0}``, ``{port12}``);
+    ``{port01}`` and any other spelling stay as they are, as all other text.
+    InvalidParameter for an index past the block, naming the placeholder.
+    """
     def one(text: Any) -> Any:
         if not isinstance(text, str):
             return text

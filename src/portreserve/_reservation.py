@@ -135,8 +135,9 @@ class Reservation:
               **kwargs: Any) -> subprocess.Popen:  # type: ignore[type-arg]
         """Start ``args`` (as ``subprocess.Popen``) with the block's ports (docs/API.md 1b).
 
-        ``{port}``, ``{port0}``, ``{port1}``... in ``args`` become the ports;
-        the child's environment gets ``PORT`` and ``PORTRESERVE_PORTS``
+        ``{port}``, ``{port0}``, ``{port1}``... in ``args`` become the ports
+        (decimal indexes without leading zeros: ``{port01}`` stays as it is,
+        as all other text); the child's environment gets ``PORT`` and ``PORTRESERVE_PORTS``
         (``START-END``).  With ``listen_fds`` it gets the ports as bound
         sockets (TCP listening), descriptors 3, 4, ... with ``LISTEN_FDS``,
         ``LISTEN_PID`` and ``LISTEN_FDNAMES`` (the port numbers); otherwise
