@@ -136,3 +136,29 @@ def test_full_descriptor_table_gives_documented_errors(tmp_path):
     assert len(lines) == 14, r.stdout
     for line in lines:
         assert line.split()[-3:] == ["PortReservationError", "24", "10024"], line
+
+
+@pytest.mark.skipif(not LINUX, reason="RLIMIT_NOFILE: POSIX descriptors")
+@pytest.mark.parametrize("count", [60000, 300])
+def test_out_of_descriptors_names_the_limit(count):
+    """A block larger than the descriptor limit: EMFILE, as documented, in a
+    message that gives the limit and says why a block needs that many.  In a
+    private namespace, where the ports are free (the host's may not be)."""
+    r = run_python(f"""
+        import os, resource
+        import portreserve
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        before = sorted(os.listdir("/proc/self/fd"))
+        try:
+            portreserve.reserve({count})
+        except portreserve.PortReservationError as exc:
+            print(type(exc).__name__, exc.errno, exc.winerror)
+            print(exc.strerror)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    """, prefix=netns_prefix())
+    assert r.returncode == 0, r.stderr
+    kind, message = r.stdout.splitlines()
+    assert kind == "PortReservationError 24 10024"
+    assert "EMFILE" in message and "RLIMIT_NOFILE" in message, message
+    assert "256 soft, 256 hard" in message, message
+    assert "one descriptor per reserved port" in message and "ulimit -n" in message, message

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import sys
 from typing import Any
 
 # Windows codes, named as in winerror.h / winsock2.h.
@@ -230,6 +231,20 @@ def from_errno(code: int | None, call: str) -> PortReservationError:
     """The exception for a POSIX ``code`` reported by ``call``."""
     code = code or _errno.EIO
     cls, winerror = _BY_ERRNO.get(code, (PortReservationError, ERROR_GEN_FAILURE))
-    text = _errno.errorcode.get(code, str(code))
-    return cls(f"{call} failed: {text} ({os.strerror(code)})",
-               winerror=winerror, errno=code)
+    text = f"{call} failed: {_errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
+    if code == _errno.EMFILE:
+        text += _descriptor_limit()
+    return cls(text, winerror=winerror, errno=code)
+
+
+def _descriptor_limit() -> str:
+    """EMFILE's hint: the limit now (the engine has already raised the soft
+    limit to the hard one if it could), and why a block needs so many."""
+    if sys.platform == "win32":
+        return ""
+    import resource
+    limits = ["unlimited" if n == resource.RLIM_INFINITY else str(n)
+              for n in resource.getrlimit(resource.RLIMIT_NOFILE)]
+    return (f": the descriptor limit (RLIMIT_NOFILE) is {limits[0]} soft, {limits[1]} hard, "
+            f"and on Linux and macOS a reservation holds one descriptor per reserved port "
+            f"(raise the limit with ulimit -n)")
