@@ -568,6 +568,8 @@ class Block:
                 self._fds[i] = -1
                 os.close(fd)
                 _clear_bind_cache(port)
+        except _errors.PortReservationError:
+            raise  # _clear_bind_cache's, which says what failed
         except OSError as exc:
             where = f"{host!r} port {port}" if host else f"port {port}"
             raise _errors.from_errno(exc.errno, f"bind to {where}") from None
@@ -744,6 +746,7 @@ _CACHE_RESETTERS = ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.255.255.254"
 
 
 def _clear_bind_cache(port: int) -> None:
+    failed: set[int | None] = set()
     for family, host in _CACHE_RESETTERS:
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -751,8 +754,18 @@ def _clear_bind_cache(port: int) -> None:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind((host, port))
                 return
-        except OSError:
-            continue
+        except OSError as exc:
+            failed.add(exc.errno)
+    if failed & {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}:
+        # A loopback address the user's socket leaves free is missing: `lo`
+        # is down (as in a new network namespace; Linux then still binds
+        # 127/8 but not ::1, and a socket on 0.0.0.0 covers 127/8) or has
+        # no IPv6.  The system's own error, named plainly.
+        raise _errors.PortReservationError(
+            f"bind to port {port}: the loopback interface is down or unavailable (no ::1 "
+            f"to bind beside a socket on 0.0.0.0); this hand-off binds the port there once, "
+            f"to close it to later SO_REUSEPORT binds of your uid (ip link set lo up)",
+            errno=errno.EADDRNOTAVAIL, winerror=_errors.WSAEADDRNOTAVAIL)
     raise NotSupported(f"bind to port {port}: no loopback address is free to reset the "
                        f"kernel's SO_REUSEPORT cache")
 
