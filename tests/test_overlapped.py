@@ -180,6 +180,22 @@ def test_get_is_oldest_first_and_honours_max_entries():
             port.get(max_entries=0)
 
 
+def test_keys_are_any_object_handed_back_as_given():
+    """A completion key is the caller's own object (docs/API.md section 2):
+    it never reaches the system, so no range applies - not even Windows'
+    ULONG_PTR - and it comes back as it was given."""
+    keys = [-1, 2**64, 2**200, None, object(), ("k", 1), "k", 1.5]
+    with CompletionPort() as port, socket.socket() as sock:
+        for key in keys:
+            release_port_reservation_overlapped(sock, 7, port=port, key=key)
+        got = []
+        for _ in range(100):  # bounded: each get() waits for at least one
+            if len(got) == len(keys):
+                break
+            got += port.get(timeout=30)
+        assert sorted(map(id, (c.key for c in got))) == sorted(map(id, keys))
+
+
 def test_fileno_with_select():
     with CompletionPort() as port, socket.socket() as sock:
         assert select.select([port], [], [], 0)[0] == []

@@ -56,7 +56,12 @@ T = TypeVar("T")
 
 
 class Completion(NamedTuple):
-    """A finished operation, as dequeued from a CompletionPort."""
+    """A finished operation, as dequeued from a CompletionPort.
+
+    ``key`` is the object given as ``key=`` when the operation was submitted,
+    as it was: any Python object (it never reaches the system, so it has no
+    range, unlike the ULONG_PTR of CreateIoCompletionPort).
+    """
 
     key: Any
     op: Overlapped[Any]
