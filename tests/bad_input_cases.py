@@ -10,7 +10,9 @@ unbound and unassociated (each still binds to a port outside the reservation)
 and the reservation still handing out all its ports; on Linux besides, the
 same descriptors, bound sockets, kernel reserved list and association tables
 (read from /proc and the engine).  Command-line cases run the `portreserve`
-command and check its status and its one-line message.
+command and check its status and message: bad input is a usage error (2, the
+command's own usage, then one line naming the value), a failed call 1 and
+one line.
 
 The errors are the same on every system (docs/API.md section 3), so the table is
 one for all; a case that needs what a system lacks (AF_UNIX sockets in
