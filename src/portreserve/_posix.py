@@ -339,7 +339,7 @@ class Block:
     # Slots: a reservation is made and dropped on every reserve(1); its
     # state then costs less to set up and to read.
     __slots__ = ("closed", "_fds", "count", "protocol", "_type", "_lock", "_dropped",
-                 "start", "family", "_free", "_lent", "_out", "_lost", "owner",
+                 "start", "family", "_free", "_lent", "_lost", "owner",
                  "finalizer", "_token", "__weakref__")
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
@@ -381,7 +381,6 @@ class Block:
         self._free: dict[int, None] = (
             {0: None} if count == 1 else dict.fromkeys(range(count - 1, -1, -1)))
         self._lent: dict[int, weakref.ref[Socket]] = {}
-        self._out: dict[int, weakref.ref[Socket]] = {}
         self._lost: set[int] = set()
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
@@ -395,7 +394,7 @@ class Block:
             with _lock:
                 if not self._token:
                     self._token = _new_token()
-                    if not self.closed:  # close() unregisters under _lock too
+                    if not self.closed:  # else close() may have looked already
                         _blocks[self._token] = self
         return self._token
 
@@ -501,7 +500,7 @@ class Block:
     def _hand_out(self, i: int) -> _HeldSocket:
         """The holder of index ``i`` (just picked) as a socket; the lock is held."""
         sock = _HeldSocket.__new__(_HeldSocket)  # made before it owns anything
-        sock._block, sock._port, sock._dirty, sock._shared = self, self.start + i, False, False
+        sock._block, sock._port, sock._dirty, sock._forks = self, self.start + i, False, _forks
         # A default timeout makes the socket non-blocking as it is made; UDP
         # input was opened: either way its close must undo something.
         sock._used = self._type == socket.SOCK_DGRAM or socket.getdefaulttimeout() is not None
@@ -514,7 +513,6 @@ class Block:
                 self._fds[i] = fd
                 self._free[i] = None
             raise
-        self._out[i] = weakref.ref(sock)
         return sock
 
     def _take_back(self, sock: _HeldSocket) -> None:
@@ -525,7 +523,6 @@ class Block:
             sock._block = None
             _socket.socket.close(sock)
             return
-        self._out.pop(i, None)
         fd = _socket.socket.fileno(sock)
         self._fds[i] = fd
         self._free[i] = None
@@ -552,7 +549,6 @@ class Block:
 
     def _readopt(self, port: int, fd: int, reset_options: bool) -> None:
         i = port - self.start
-        self._out.pop(i, None)
         self._lent.pop(i, None)
         if self.closed or not 0 <= i < self.count or self._fds[i] >= 0:
             os.close(fd)  # released, or not a port this block gave out
@@ -576,15 +572,9 @@ class Block:
         """A handed-out holder was really closed (shared with a forked child)."""
         i = port - self.start
         with _signals_held(), self._lock:
-            self._out.pop(i, None)
             if not self.closed:
                 self._lost.add(i)
                 self._collect()
-
-    def _given_away(self, port: int) -> None:
-        """A handed-out holder was detached: its port is the user's for good."""
-        with self._lock:
-            self._out.pop(port - self.start, None)
 
     def take(self, sock: Socket, host: str, port: int = 0) -> int:
         """Hand a port of the block (``port``, or any if 0) to the user's ``sock``.
@@ -674,8 +664,8 @@ class Block:
             if self.closed:
                 return False
             self._close_fds()
-        with _lock:
-            if self._token:
+        if self._token:  # the token property sets it before it looks at closed
+            with _lock:
                 _blocks.pop(self._token, None)
         return True
 
@@ -734,17 +724,17 @@ class _HeldSocket(socket.socket):
     takes it as the port's holder again (Block.readopt).  detach() gives the
     port to the caller for good."""
 
-    __slots__ = ("_block", "_port", "_dirty", "_used", "_shared")
+    __slots__ = ("_block", "_port", "_dirty", "_used", "_forks")
     _block: Block | None
     _port: int
     _dirty: bool  # setsockopt() was called: readopt() resets the options
     _used: bool  # anything that may have changed the holder was called
-    _shared: bool  # a forked child may use it
+    _forks: int  # _forks when handed out: a child forked since may use it
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = 0,
                  fileno: int | None = None) -> None:
         # As socket.socket's (dup() makes one): a copy belongs to no block.
-        self._block, self._port, self._dirty, self._used, self._shared = None, 0, False, True, False
+        self._block, self._port, self._dirty, self._used, self._forks = None, 0, False, True, 0
         super().__init__(family, type, proto, fileno)
 
     def setsockopt(self, *args: Any) -> None:
@@ -784,10 +774,7 @@ class _HeldSocket(socket.socket):
         return super().fileno()
 
     def detach(self) -> int:
-        block = getattr(self, "_block", None)
-        self._block = None
-        if block is not None:
-            block._given_away(self._port)
+        self._block = None  # the port is the caller's for good
         return super().detach()
 
     def _real_close(self, _ss: type[_socket.socket] = _socket.socket) -> None:
@@ -795,7 +782,7 @@ class _HeldSocket(socket.socket):
         if block is None:
             _ss.close(self)
             return
-        if self._shared:
+        if self._forks != _forks:
             # A forked child may use it: really close it; the block binds the
             # port again at once.
             self._block = None
@@ -814,13 +801,10 @@ class _HeldSocket(socket.socket):
         # Collected while still open: back to the block at its next call
         # (never here: the collector may run while the block's lock is held).
         block = getattr(self, "_block", None)
+        if block is None or block.closed or _socket.socket.fileno(self) == -1:
+            _socket.socket.close(self)
+            return
         self._block = None
-        if block is None or _socket.socket.fileno(self) == -1:
-            _socket.socket.close(self)
-            return
-        if block.closed:
-            _socket.socket.close(self)
-            return
         with _signals_held():
             block._dropped.append((self._port, _socket.socket.detach(self)))
 
@@ -945,6 +929,8 @@ _WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
 # through Linux's bind-bucket cache (see pr_handoff_reuseport).
 _PRIVATE_UID = 2**31 - 2 if _LINUX and os.geteuid() == 0 else -1
 
+_forks = 0  # forks this process made (_after_fork_in_parent)
+
 # Every block ever made and not yet collected, for fork (registered before it
 # holds anything).  Weak references that remove themselves: a WeakSet's
 # bookkeeping costs a tenth of reserve(1).
@@ -997,13 +983,9 @@ def _after_fork_in_child() -> None:
 def _after_fork_in_parent() -> None:
     # Holders handed out before the fork may now be used by the child too:
     # closing them in the parent must really close them, not undo their
-    # listen() under the child.
-    for block_ref in list(_every_block):
-        block = block_ref()
-        for ref in list(getattr(block, "_out", {}).values()):
-            sock = ref()
-            if sock is not None:
-                sock._shared = True
+    # listen() under the child (_HeldSocket._real_close).
+    global _forks
+    _forks += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child,
