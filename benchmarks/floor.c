@@ -1,7 +1,7 @@
 /* The physical floor: the system calls of each benchmarked operation in a
  * tight C loop, with no Python in between.  The runner compiles this file
- * together with csrc/pr_posix.c, so "shim" cases make exactly the calls the
- * cffi backend makes, and "min" cases the fewest calls that do the job.
+ * together with csrc/pr_posix.c, so its cases make exactly the calls the
+ * cffi backend makes.
  *
  * Usage: floor ROUNDS ITERS idle|busy
  * Prints one JSON object: case name -> list of per-operation times in
@@ -55,13 +55,27 @@ static void measure(const char *name, void (*op)(void), int n)
     printf("]");
 }
 
+/* reserve(1) as the engine makes it: a holder on a random port of the
+ * ephemeral range outside ip_local_reserved_ports (read from that sysctl,
+ * kept open). */
+static unsigned int eph_lo, eph_hi;
+static int reserved_fd = -1;
+
+static int hold_one(int *h)
+{
+    int err, port = pr_hold_one(AF_INET6, SOCK_STREAM, eph_lo, eph_hi, reserved_fd,
+                                (unsigned int)rand(), h, &err);
+    if (port <= 0)
+        die("pr_hold_one");
+    return port;
+}
+
 /* reserve(1) + bind + close + release, as the engine does it for an
  * AF_INET6 user socket on the wildcard address (descriptor swap). */
 static void cycle6_shim(void)
 {
     int err, h, user;
-    if (pr_hold_any(AF_INET6, SOCK_STREAM, &h, &err) < 0)
-        die("pr_hold_any");
+    hold_one(&h);
     user = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (user < 0 || pr_handoff_dup(h, user, &err) < 0)
         die("pr_handoff_dup");
@@ -72,9 +86,7 @@ static void cycle6_shim(void)
 static void cycle4_shim(void)
 {
     static const unsigned char any[4];
-    int err, h, user, port;
-    if ((port = pr_hold_any(AF_INET6, SOCK_STREAM, &h, &err)) < 0)
-        die("pr_hold_any");
+    int err, h, user, port = hold_one(&h);
     user = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     /* As the engine: a private uid when root, and the TCP holder closed. */
     if (user < 0 || pr_handoff_reuseport(h, user, AF_INET, any, port,
@@ -84,31 +96,24 @@ static void cycle4_shim(void)
     close(user);
 }
 
-/* The fewest calls for the same result: a dual-stack holder on a kernel
- * chosen port, swapped over a fresh user descriptor, then closed. */
-static void cycle_min(void)
+/* The default cycle's system calls: the holder itself is handed out (Python
+ * reads its address as it wraps the descriptor) and comes back untouched. */
+static void cycle_shim(void)
 {
-    struct sockaddr_in6 sa = {.sin6_family = AF_INET6};
+    struct sockaddr_in6 sa;
     socklen_t len = sizeof sa;
-    int off = 0;
-    int h = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int user = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (h < 0 || user < 0 ||
-        setsockopt(h, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) < 0 ||
-        bind(h, (struct sockaddr *)&sa, sizeof sa) < 0 ||
-        getsockname(h, (struct sockaddr *)&sa, &len) < 0 ||
-        dup3(h, user, O_CLOEXEC) < 0)
-        die("cycle_min");
+    int h;
+    hold_one(&h);
+    if (getsockname(h, (struct sockaddr *)&sa, &len) < 0)
+        die("getsockname");
     close(h);
-    close(user);
 }
 
-/* reserve(1).release(): a holder on a port the kernel picks, closed. */
-static void hold_any_1(void)
+/* reserve(1).release(). */
+static void hold_one_1(void)
 {
-    int err, h;
-    if (pr_hold_any(AF_INET6, SOCK_STREAM, &h, &err) < 0)
-        die("pr_hold_any");
+    int h;
+    hold_one(&h);
     close(h);
 }
 
@@ -190,7 +195,7 @@ int main(int argc, char **argv)
     struct rlimit rl;
     char name[64];
     unsigned int i;
-    int busy;
+    int busy, i_err;
 
     if (argc != 4)
         return 2;
@@ -203,12 +208,15 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    reserved_fd = open("/proc/sys/net/ipv4/ip_local_reserved_ports", O_RDONLY | O_CLOEXEC);
+    if (pr_port_range(&eph_lo, &eph_hi, &i_err) < 0)
+        die("pr_port_range");
     printf("{");
     if (!busy) {
         measure("cycle6_shim", cycle6_shim, iters);
         measure("cycle4_shim", cycle4_shim, iters);
-        measure("cycle_min", cycle_min, iters);
-        measure("hold_any_1", hold_any_1, iters);
+        measure("cycle_shim", cycle_shim, iters);
+        measure("hold_one_1", hold_one_1, iters);
         for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
             hold_count = counts[i];
             if (hold_count > rl.rlim_cur - 16)

@@ -30,7 +30,7 @@ PEERS = {"portpicker": "portpicker", "ephemeral_port_reserve": "ephemeral-port-r
 
 # Rows of the table: (key, label, the floor case doing the same system calls).
 # The cycle rows are held against the C floor of the shim's calls for each
-# hand-off, the default cycle against the fewest calls that do the job.  A
+# hand-off.  A
 # wildcard reserve(N) on an idle host binds at a random start and never
 # dumps, so its floor is the N holder binds; on the busy host it is the C
 # search (dump, search, binds).
@@ -39,10 +39,10 @@ ROWS = [
     ("portpicker", "portpicker.pick_unused_port(), its memory cleared", None),
     ("portpicker_5000", "portpicker.pick_unused_port() after 5,000 calls", None),
     ("cycle", "r = reserve(1); s = r.socket(); s.close(); r.release() (default family)",
-     "cycle_min"),
+     "cycle_shim"),
     ("cycle6", "reserve(1)+bind+close+release, AF_INET6 (fd swap)", "cycle6_shim"),
     ("cycle4", "reserve(1)+bind+close+release, AF_INET (SO_REUSEPORT)", "cycle4_shim"),
-    ("reserve_1", "reserve(1).release()", "hold_any_1"),
+    ("reserve_1", "reserve(1).release()", "hold_one_1"),
     ("reserve_16", "reserve(16).release(), idle host", "hold_16"),
     ("reserve_256", "reserve(256).release()", "hold_256"),
     ("reserve_1024", "reserve(1024).release()", "hold_1024"),

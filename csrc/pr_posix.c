@@ -161,6 +161,86 @@ int pr_hold_any(int family, int type, int *fd, int *err)
     return -1;
 }
 
+/* 1 if port is in the kernel's port-list text ("8080,9000-9010\n"), 0 if
+ * not, -1 for text the kernel does not write.  Reads only text[0..len-1]. */
+static int listed(const char *text, size_t len, unsigned int port)
+{
+    size_t i = 0;
+    if (len && text[len - 1] == '\n')
+        len--;
+    while (i < len) {
+        unsigned long span[2] = {0, 0};
+        int part;
+        for (part = 0; part < 2; part++) {
+            size_t digits = 0;
+            while (i < len && text[i] >= '0' && text[i] <= '9' && digits++ < 5)
+                span[part] = span[part] * 10 + (unsigned long)(text[i++] - '0');
+            if (!digits || span[part] > 65535)
+                return -1;
+            if (part == 1 || i == len || text[i] != '-') {
+                if (part == 0)
+                    span[1] = span[0];
+                break;
+            }
+            i++; /* the '-' of a range */
+        }
+        if (i < len && text[i++] != ',')
+            return -1;
+        if (span[0] <= port && port <= span[1])
+            return 1;
+    }
+    return 0;
+}
+
+/* Ports reserve(1) tries at random before the caller searches. */
+#define PR_ONE_PORT_TRIES 8
+
+int pr_hold_one(int family, int type, unsigned int lo, unsigned int hi, int reserved_fd,
+                unsigned int seed, int *fd, int *err)
+{
+    char text[4096];
+    ssize_t len = 0;
+    int tries;
+    if (lo < 1 || hi > 65535 || hi < lo) {
+        *err = EINVAL;
+        return -1;
+    }
+    if (reserved_fd >= 0) {
+        len = pread(reserved_fd, text, sizeof text, 0);
+        if (len < 0)
+            return fail(err);
+        if (len == (ssize_t)sizeof text)
+            return 0; /* longer than we read: the caller's search reads it all */
+    }
+    if (!seed)
+        seed = 1;
+    for (tries = 0; tries < PR_ONE_PORT_TRIES; tries++) {
+        unsigned int port;
+        int h, in;
+        seed ^= seed << 13; /* xorshift32 */
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        port = lo + seed % (hi - lo + 1);
+        in = listed(text, (size_t)len, port);
+        if (in < 0)
+            return 0;
+        if (in)
+            continue;
+        h = open_holder(family, type);
+        if (h < 0)
+            return fail(err);
+        if (bind_port(h, family, NULL, port) == 0) {
+            *fd = h;
+            return (int)port;
+        }
+        *err = errno;
+        close(h);
+        if (*err != EADDRINUSE && *err != EACCES)
+            return -1;
+    }
+    return 0;
+}
+
 void pr_close_all(int *fds, unsigned int count)
 {
     unsigned int i;

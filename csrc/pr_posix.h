@@ -20,6 +20,16 @@ int pr_hold(int family, int type, unsigned int start, unsigned int count,
  * pr_readopt keeps it bound).  Returns the port. */
 int pr_hold_any(int family, int type, int *fd, int *err);
 
+/* reserve(1): one holder (into *fd) on a port of lo..hi (the ephemeral
+ * range) that ip_local_reserved_ports does not list, picked at random from
+ * seed and bound explicitly (so that pr_readopt keeps it bound).
+ * reserved_fd is that sysctl kept open (read with pread), or -1 for none.
+ * Returns the port; 0 when every one of a few tries collided, or the list
+ * is longer or other than the kernel writes (the caller then searches); -1
+ * with *err. */
+int pr_hold_one(int family, int type, unsigned int lo, unsigned int hi, int reserved_fd,
+                unsigned int seed, int *fd, int *err);
+
 /* Close every descriptor >= 0 of fds[0..count-1], setting each to -1. */
 void pr_close_all(int *fds, unsigned int count);
 

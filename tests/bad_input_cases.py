@@ -374,6 +374,7 @@ def run_case(case: dict, state_dir: str) -> str | None:
     res = released = None
     if "reservation" in case["needs"]:
         res = portreserve.reserve(2)
+        res.token  # drawn at first use: not by the call under test
         released = portreserve.reserve(1)
         released.release()
     cport = portreserve.CompletionPort()

@@ -751,6 +751,14 @@ def cycle(i):
     w.close()
     res.socket().close()
     res.release()
+    one = portreserve.reserve(1)  # the single-port path moves holders without a signal section
+    kept.append(one)
+    t = one.socket()
+    kept.append(t)
+    if i % 2:
+        t.listen()
+    t.close()
+    one.release()
     big = portreserve.reserve(64)  # long loops of holders made and closed
     kept.append(big)
     big.release()

@@ -57,11 +57,19 @@ def test_same_functions_and_signatures():
         assert list(cffi[name].parameters) == list(ctypes_[name].parameters), name
 
 
+def _holder(calls, type_):
+    """(fd, port) of one holder on a port the kernel picks; the caller closes fd."""
+    fds = calls.new_fds(1)
+    port = calls.hold_any(V6, type_, fds)
+    return fds[0], port
+
+
 def _free_block(calls, count):
     """Start of ``count`` ports that nothing holds now (held once, then freed)."""
     for _ in range(50):
-        fd, port = calls.hold_any(V6, TCP)
-        os.close(fd)
+        one = calls.new_fds(1)
+        port = calls.hold_any(V6, TCP, one)
+        calls.close_all(one, 1)
         if port + count <= 65536:
             fds = calls.new_fds(count)
             n, _ = calls.hold(V6, TCP, port, count, fds)
@@ -103,12 +111,13 @@ def test_hold_reports_the_failing_port_and_undoes_the_rest(calls):
 
 @linux_only
 def test_hold_any_and_errors(calls):
-    fd, port = calls.hold_any(V6, UDP)
-    assert port > 0 and not can_bind(port, udp=True)
-    calls.close_all([fd], 1)
+    fds = calls.new_fds(1)
+    port = calls.hold_any(V6, UDP, fds)
+    assert port > 0 and fds[0] >= 0 and not can_bind(port, udp=True)
+    calls.close_all(fds, 1)
     with pytest.raises(OSError) as info:
-        calls.hold_any(socket.AF_INET6, 12345)  # no such socket type
-    assert info.value.errno == errno.EINVAL
+        calls.hold_any(socket.AF_INET6, 12345, fds)  # no such socket type
+    assert info.value.errno == errno.EINVAL and fds[0] == -1
     with pytest.raises(OSError) as info:
         calls.handoff_dup(-1, -1)
     assert info.value.errno == errno.EBADF
@@ -116,7 +125,7 @@ def test_hold_any_and_errors(calls):
 
 @pytest.mark.parametrize("type_", [TCP, UDP])
 def test_handoff_dup_swaps_in_the_holder(calls, type_):
-    fd, port = calls.hold_any(V6, type_)
+    fd, port = _holder(calls, type_)
     user = socket.socket(V6, type_)
     user.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     user.setblocking(False)
@@ -140,7 +149,7 @@ def test_handoff_dup_swaps_in_the_holder(calls, type_):
 
 @linux_only
 def test_handoff_reuseport_binds_another_address(calls):
-    fd, port = calls.hold_any(V6, TCP)
+    fd, port = _holder(calls, TCP)
     user = socket.socket(socket.AF_INET, TCP)
     with pytest.raises(OSError) as info:  # not an address of this host
         calls.handoff_reuseport(fd, user.fileno(), socket.AF_INET,
@@ -263,8 +272,8 @@ def test_file_flags_survive_a_default_timeout(calls):
     # socket.setdefaulttimeout() makes Python set O_NONBLOCK on any socket
     # object it creates around a descriptor; the user's blocking socket must
     # stay blocking whatever a layer does inside.
-    fd4, port4 = calls.hold_any(V6, TCP)
-    fd6, _ = calls.hold_any(V6, TCP)
+    fd4, port4 = _holder(calls, TCP)
+    fd6, _ = _holder(calls, TCP)
     user4, user6 = socket.socket(socket.AF_INET, TCP), socket.socket(V6, TCP)
     socket.setdefaulttimeout(5)
     try:
@@ -315,7 +324,7 @@ def test_handoff_dup_keeps_receive_autotuning(calls):
         before, after = _receive_buffer_after_transfer(plain)
     if after <= before:
         pytest.skip("no receive-buffer autotuning seen on a plain socket here")
-    fd, _ = calls.hold_any(V6, TCP)
+    fd, _ = _holder(calls, TCP)
     with socket.socket(V6, TCP) as user:
         calls.handoff_dup(fd, user.fileno())
         before, after = _receive_buffer_after_transfer(user)

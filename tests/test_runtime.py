@@ -7,6 +7,7 @@ uid bind a held port on a specific address when it sets SO_REUSEADDR or
 SO_REUSEPORT, so the reuse checks are Linux's.
 """
 
+import errno
 import gc
 import os
 import signal
@@ -440,4 +441,53 @@ def test_udp_socket_on_one_address_keeps_the_port_closed_elsewhere():
         sock.close()
         again = res.socket(socket.AF_INET6)  # the port comes back
         assert again.getsockname()[1] == port
+        again.close()
+
+
+@linux_only
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_one_port_comes_from_the_ephemeral_range_outside_reserved_ports(protocol):
+    # reserve(1) picks its port itself (at random, bound explicitly): it must
+    # keep to what the kernel's own choice keeps to.  Another process lists
+    # the ports in ip_local_reserved_ports, as a persistent reservation does.
+    out = in_netns(f"""
+        import portreserve
+        def sysctl(name, value):
+            with open('/proc/sys/net/ipv4/' + name, 'w') as f:
+                f.write(value)
+        sysctl('ip_local_port_range', '41000 41011')
+        sysctl('ip_local_reserved_ports', '41000-41003,41005,41007-41009')
+        free = {{41004, 41006, 41010, 41011}}
+        seen = set()
+        for _ in range(200):
+            with portreserve.reserve(1, protocol={protocol!r}) as res:
+                seen.add(res.start)
+        assert seen == free, seen
+        # All four held: the search goes on outside the range, never into the list.
+        held = [portreserve.reserve(1, protocol={protocol!r}) for _ in free]
+        assert {{r.start for r in held}} == free
+        extra = portreserve.reserve(1, protocol={protocol!r})
+        assert not 41000 <= extra.start <= 41011 and extra.start >= 1024, extra
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_socket_changed_through_its_descriptor_comes_back_a_holder():
+    # A handed-out holder nobody touched comes back as it is; one changed
+    # through another object on its descriptor (as C libraries do) is undone.
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        other = socket.socket(fileno=os.dup(s.fileno()))
+        other.listen()
+        other.setblocking(False)
+        other.close()  # a copy of the descriptor: the socket stays open
+        with socket.create_connection(("127.0.0.1", res.start), timeout=5):
+            pass
+        s.close()
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", res.start)) == errno.ECONNREFUSED
+        assert not can_bind(res.start)
+        again = res.socket()
+        assert again.getsockname()[1] == res.start and os.get_blocking(again.fileno())
         again.close()

@@ -191,8 +191,16 @@ class PosixCalls(typing.Protocol):
         then nothing is held and ``fds[0..count-1]`` are -1 again.
         """
 
-    def hold_any(self, family: int, type: int) -> tuple[int, int]:
-        """pr_hold_any: one holder on a port the kernel picks; ``(fd, port)``."""
+    def hold_one(self, family: int, type: int, lo: int, hi: int, reserved_fd: int,
+                 seed: int, fds: Fds) -> int:
+        """pr_hold_one: one holder, into ``fds[0]``, on a random port (from the
+        32-bit ``seed``) of ``lo..hi`` outside ip_local_reserved_ports (that
+        sysctl open, or -1); returns the port, or 0 when the caller must
+        search."""
+
+    def hold_any(self, family: int, type: int, fds: Fds) -> int:
+        """pr_hold_any: one holder on a port the kernel picks, into ``fds[0]``;
+        returns the port."""
 
     def close_all(self, fds: Fds, count: int) -> None:
         """pr_close_all: close every descriptor >= 0 of ``fds[0..count-1]``."""

@@ -39,6 +39,7 @@ import resource
 import socket
 import struct
 import threading
+import time
 import weakref
 from socket import socket as Socket  # for annotations inside Block, whose socket() hides the module
 from types import ModuleType
@@ -142,6 +143,21 @@ def _hold_block(protocol: Protocol, start: int, count: int, fds: Fds) -> int:
 _TAKEN = (errno.EADDRINUSE, errno.EACCES)
 
 
+def _open_sysctl(name: str) -> int:
+    try:
+        return os.open("/proc/sys/net/ipv4/" + name, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no /proc (a sandbox); off Linux
+        return -1
+
+
+# ip_local_reserved_ports, read at every reserve(1), is kept open from import
+# on: a pread of an open sysctl costs a quarter of opening it.  It reads the
+# network namespace of the import (a process that moves to another one
+# later: see docs/linux.md); a forked child shares it harmlessly (pread has
+# no offset).
+_RESERVED_FD = _open_sysctl("ip_local_reserved_ports") if _LINUX else -1
+
+
 def _reserved_spans() -> list[tuple[int, int]]:
     """ip_local_reserved_ports: persistent blocks a wildcard search leaves alone."""
     if not _LINUX:
@@ -156,6 +172,30 @@ def _reserved_spans() -> list[tuple[int, int]]:
     finally:
         os.close(fd)
     return parse_port_list(text.decode()) if text.strip() else []
+
+
+# The ephemeral range for reserve(1), and when it was read: it only steers
+# where reserve(1) looks first, so it is read again at most once a second (a
+# read costs a tenth of reserve(1)).
+_range, _range_read = (0, 0), -2.0
+
+
+def _hold_one(type_: int, fds: Fds) -> int:
+    """reserve(1): a random port of the ephemeral range outside
+    ip_local_reserved_ports, bound explicitly (pr_hold_one); 0 when the
+    caller must search."""
+    global _family, _range, _range_read
+    try:
+        now = time.monotonic()
+        if now - _range_read > 1.0:
+            _range, _range_read = calls.port_range(), now
+        return calls.hold_one(_family, type_, _range[0], _range[1], _RESERVED_FD,
+                              _random.getrandbits(32), fds)
+    except OSError as exc:
+        if exc.errno == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
+            _family = socket.AF_INET
+            return _hold_one(type_, fds)
+        raise _errors.from_errno(exc.errno, "reserve") from None
 
 
 # About what the dump of bound-only TCP sockets costs, counted in binds.
@@ -177,26 +217,21 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
     """Find and hold a free block of ``count`` ports; return its start.
 
     The binds are the only real check.  Cheap guesses come first: for one
-    port the kernel's own choice, for more a random start in the ephemeral
-    range.  Only when that collides do we ask the kernel which ports are
-    bound (a sock_diag dump, which walks the kernel's socket tables of every
+    port the kernel's own choice (after _hold_one's random ones), for more a
+    random start in the ephemeral range.  Only when that collides do we ask the
+    kernel which ports are bound (a sock_diag dump, which walks the kernel's socket tables of every
     namespace) and search its map, ephemeral range first as Windows does,
     then every unprivileged port.  TCP sockets that are only bound are
     left out of that dump (the costly part) and found by the binds, unless
     there are many.
     """
-    global _family
     type_ = protocol.socket_type
-    if count == 1:
+    if count == 1:  # Block tried _hold_one's random ports first
         try:
-            fds[0], port = calls.hold_any(_family, type_)
-            return port
-        except OSError as exc:
-            if exc.errno == errno.EAFNOSUPPORT and _family == socket.AF_INET6:
-                _family = socket.AF_INET
-                return _hold_wildcard(protocol, count, fds)
             # The kernel looks in the ephemeral range only; when that is
             # full (EADDRINUSE) the search below looks further.
+            return calls.hold_any(_family, type_, fds)
+        except OSError as exc:
             if exc.errno not in _TAKEN:
                 raise _errors.from_errno(exc.errno, "reserve") from None
     eph_lo, eph_hi = calls.port_range()
@@ -304,15 +339,16 @@ class Block:
     # Slots: a reservation is made and dropped on every reserve(1); its
     # state then costs less to set up and to read.
     __slots__ = ("closed", "_fds", "count", "protocol", "_type", "_lock", "_dropped",
-                 "start", "family", "_free", "_lent", "_out", "_lost", "owner",
-                 "finalizer", "token", "__weakref__")
+                 "start", "family", "_free", "_lent", "_lost", "owner",
+                 "finalizer", "_token", "__weakref__")
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
-        with _signals_held():
-            self._init(protocol, start, count)
-
-    def _init(self, protocol: Protocol, start: int, count: int) -> None:
+        # reserve(1) needs no signal section: the system-call layer stores
+        # its holder in _fds as one step (see _hand_out), and a block dropped
+        # half made closes what it holds (__del__).  A search or a specific
+        # block opens other descriptors on its way (/proc, netlink).
         self.closed = True  # nothing to close until the holders are in _fds
+        self._token = 0
         self._fds = calls.new_fds(count)
         self.count, self.protocol = count, protocol
         self._type = protocol.socket_type
@@ -320,12 +356,22 @@ class Block:
         # (port, fd) of handed-out holders the garbage collector closed; taken
         # back at the next call (a finalizer may run while the lock is held).
         self._dropped: list[tuple[int, int]] = []
-        _every_block.add(self)
+        _every_block.add(weakref.ref(self, _every_block.discard))
         self.closed = False
         try:
-            if start and _LINUX:
-                _check_persistent(protocol, start, count)
-            start = _hold_block(protocol, start, count, self._fds)
+            held = 0
+            if count == 1 and not start:
+                try:
+                    held = _hold_one(self._type, self._fds)
+                except _errors.PortReservationError:
+                    pass  # out of descriptors, say: the full path raises the limit or the error
+            if held:
+                start = held
+            else:
+                with _signals_held():
+                    if start and _LINUX:
+                        _check_persistent(protocol, start, count)
+                    start = _hold_block(protocol, start, count, self._fds)
         except BaseException:
             self._close_fds()
             raise
@@ -335,22 +381,32 @@ class Block:
         self._free: dict[int, None] = (
             {0: None} if count == 1 else dict.fromkeys(range(count - 1, -1, -1)))
         self._lent: dict[int, weakref.ref[Socket]] = {}
-        self._out: dict[int, weakref.ref[Socket]] = {}
         self._lost: set[int] = set()
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
-        with _lock:
-            self.token = _new_token()
-            _blocks[self.token] = self
+
+    @property
+    def token(self) -> int:
+        """Drawn at its first use (most reservations never show theirs), and
+        from then on names the block until it is released."""
+        if not self._token:
+            with _lock:
+                if not self._token:
+                    self._token = _new_token()
+                    if not self.closed:  # else close() may have looked already
+                        _blocks[self._token] = self
+        return self._token
 
     def _close_fds(self) -> None:
-        # close_all marks each entry -1 as it goes: interrupted, it can be
-        # called again, and the block counts as closed only once it finished.
+        # close_all marks each entry -1 as it goes (as one step per entry):
+        # interrupted, it can be called again, and the block counts as
+        # closed only once it finished.
         calls.close_all(self._fds, self.count)
         if self._dropped:
-            for port, fd in self._drain_dropped():
-                os.close(fd)
+            with _signals_held():
+                for port, fd in self._drain_dropped():
+                    os.close(fd)
         self.closed = True
 
     def _drain_dropped(self) -> list[tuple[int, int]]:
@@ -418,23 +474,60 @@ class Block:
         """
         if family is None:
             family = _family_for(host, self.family) if host else self.family
-        type_ = self._type
         if family != self.family or host not in _WILDCARD[family]:
             return socket_from_take(self, family, host, port)
-        with _signals_held(), self._lock:
+        with self._lock:
             i = self._pick(port)
-            if type_ == socket.SOCK_DGRAM:
+            if self._type != socket.SOCK_DGRAM:
+                return self._hand_out(i)
+            with _signals_held():  # input opened and handed out go together
                 try:
                     calls.open_input(self._fds[i], _udp_rcvbuf())
                 except OSError as exc:
                     fd, self._fds[i] = self._fds[i], -1
                     self._readopt(self.start + i, fd, True)  # deaf again, and free
                     raise _errors.from_errno(exc.errno, "Reservation.socket") from None
-            sock = _HeldSocket(family, type_, 0, self._fds[i])
-            self._fds[i] = -1  # the socket object owns the holder from here
-            sock._block, sock._port = self, self.start + i
-            self._out[i] = weakref.ref(sock)
-            return sock
+                return self._hand_out(i)
+
+    # The holder moves between _fds and a socket object without a signal
+    # section (two system calls each way, a third of the cycle): Python runs
+    # a signal handler only after a call returns, at a loop's turn or as a
+    # function starts, never between plain loads and stores.  So the moves
+    # below put every store that changes the owner between two calls, and a
+    # handler's exception finds the holder owned by exactly one of the two;
+    # a socket dropped that way comes back through __del__.
+
+    def _hand_out(self, i: int) -> _HeldSocket:
+        """The holder of index ``i`` (just picked) as a socket; the lock is held."""
+        sock = _HeldSocket.__new__(_HeldSocket)  # made before it owns anything
+        sock._block, sock._port, sock._dirty, sock._forks = self, self.start + i, False, _forks
+        # A default timeout makes the socket non-blocking as it is made; UDP
+        # input was opened: either way its close must undo something.
+        sock._used = self._type == socket.SOCK_DGRAM or socket.getdefaulttimeout() is not None
+        fd = self._fds[i]
+        self._fds[i] = -1
+        try:
+            socket.socket.__init__(sock, self.family, self._type, 0, fd)
+        except BaseException:
+            if _socket.socket.fileno(sock) == -1:  # failed: still the block's
+                self._fds[i] = fd
+                self._free[i] = None
+            raise
+        return sock
+
+    def _take_back(self, sock: _HeldSocket) -> None:
+        """A holder handed out comes back as it left (only bound, as nothing
+        was done to it: _HeldSocket._used): no system call; the lock is held."""
+        i = sock._port - self.start
+        if self.closed:
+            sock._block = None
+            _socket.socket.close(sock)
+            return
+        fd = _socket.socket.fileno(sock)
+        self._fds[i] = fd
+        self._free[i] = None
+        _socket.socket.detach(sock)
+        sock._block = None
 
     def readopt(self, port: int, fd: int, reset_options: bool = True) -> None:
         """Take back ``fd`` as the holder of ``port``, never unbinding the port.
@@ -456,7 +549,6 @@ class Block:
 
     def _readopt(self, port: int, fd: int, reset_options: bool) -> None:
         i = port - self.start
-        self._out.pop(i, None)
         self._lent.pop(i, None)
         if self.closed or not 0 <= i < self.count or self._fds[i] >= 0:
             os.close(fd)  # released, or not a port this block gave out
@@ -480,15 +572,9 @@ class Block:
         """A handed-out holder was really closed (shared with a forked child)."""
         i = port - self.start
         with _signals_held(), self._lock:
-            self._out.pop(i, None)
             if not self.closed:
                 self._lost.add(i)
                 self._collect()
-
-    def _given_away(self, port: int) -> None:
-        """A handed-out holder was detached: its port is the user's for good."""
-        with self._lock:
-            self._out.pop(port - self.start, None)
 
     def take(self, sock: Socket, host: str, port: int = 0) -> int:
         """Hand a port of the block (``port``, or any if 0) to the user's ``sock``.
@@ -576,12 +662,13 @@ class Block:
 
     def close(self) -> bool:
         """Release the block; False if it was already released."""
-        with _signals_held(), self._lock:
+        with self._lock:
             if self.closed:
                 return False
             self._close_fds()
-        with _lock:
-            _blocks.pop(self.token, None)
+        if self._token:  # the token property sets it before it looks at closed
+            with _lock:
+                _blocks.pop(self._token, None)
         return True
 
     def __del__(self) -> None:
@@ -639,41 +726,76 @@ class _HeldSocket(socket.socket):
     takes it as the port's holder again (Block.readopt).  detach() gives the
     port to the caller for good."""
 
-    __slots__ = ("_block", "_port", "_dirty", "_shared")
+    __slots__ = ("_block", "_port", "_dirty", "_used", "_forks")
     _block: Block | None
     _port: int
-    _dirty: bool
-    _shared: bool
+    _dirty: bool  # setsockopt() was called: readopt() resets the options
+    _used: bool  # anything that may have changed the holder was called
+    _forks: int  # _forks when handed out: a child forked since may use it
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = 0,
                  fileno: int | None = None) -> None:
         # As socket.socket's (dup() makes one): a copy belongs to no block.
-        self._block, self._port, self._dirty, self._shared = None, 0, False, False
+        self._block, self._port, self._dirty, self._used, self._forks = None, 0, False, True, 0
         super().__init__(family, type, proto, fileno)
 
     def setsockopt(self, *args: Any) -> None:
-        self._dirty = True  # readopt() then resets the options to a holder's
+        self._dirty = self._used = True
         super().setsockopt(*args)
 
+    # What can change a holder beyond its binding goes through one of these
+    # (or through its descriptor, fileno()): after any of them its close()
+    # undoes what it may have done (pr_readopt); after none it has nothing
+    # to undo.
+    def listen(self, *args: Any) -> None:
+        self._used = True
+        super().listen(*args)
+
+    def connect(self, *args: Any) -> None:
+        self._used = True
+        super().connect(*args)
+
+    def connect_ex(self, *args: Any) -> int:
+        self._used = True
+        return super().connect_ex(*args)
+
+    def setblocking(self, flag: bool) -> None:
+        self._used = True
+        super().setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        self._used = True
+        super().settimeout(value)
+
+    def set_inheritable(self, inheritable: bool) -> None:
+        self._used = True
+        super().set_inheritable(inheritable)
+
+    def fileno(self) -> int:
+        self._used = True
+        return super().fileno()
+
     def detach(self) -> int:
-        block = getattr(self, "_block", None)
-        self._block = None
-        if block is not None:
-            block._given_away(self._port)
+        self._block = None  # the port is the caller's for good
         return super().detach()
 
     def _real_close(self, _ss: type[_socket.socket] = _socket.socket) -> None:
         block = getattr(self, "_block", None)
-        self._block = None
         if block is None:
             _ss.close(self)
             return
-        if getattr(self, "_shared", False):
+        if self._forks != _forks:
             # A forked child may use it: really close it; the block binds the
             # port again at once.
+            self._block = None
             _ss.close(self)
             block._returned_closed(self._port)
             return
+        if not self._used:
+            with block._lock:
+                block._take_back(self)
+            return
+        self._block = None
         with _signals_held(), block._lock:
             block._readopt(self._port, _ss.detach(self), self._dirty)
 
@@ -681,13 +803,10 @@ class _HeldSocket(socket.socket):
         # Collected while still open: back to the block at its next call
         # (never here: the collector may run while the block's lock is held).
         block = getattr(self, "_block", None)
+        if block is None or block.closed or _socket.socket.fileno(self) == -1:
+            _socket.socket.close(self)
+            return
         self._block = None
-        if block is None or _socket.socket.fileno(self) == -1:
-            _socket.socket.close(self)
-            return
-        if block.closed:
-            _socket.socket.close(self)
-            return
         with _signals_held():
             block._dropped.append((self._port, _socket.socket.detach(self)))
 
@@ -823,9 +942,12 @@ _WILDCARD: dict[int, tuple[str, str]] = {socket.AF_INET6: ("", "::"),
 # through Linux's bind-bucket cache (see pr_handoff_reuseport).
 _PRIVATE_UID = 2**31 - 2 if _LINUX and os.geteuid() == 0 else -1
 
+_forks = 0  # forks this process made (_after_fork_in_parent)
+
 # Every block ever made and not yet collected, for fork (registered before it
-# holds anything).
-_every_block: weakref.WeakSet[Block] = weakref.WeakSet()
+# holds anything).  Weak references that remove themselves: a WeakSet's
+# bookkeeping costs a tenth of reserve(1).
+_every_block: set[weakref.ref[Block]] = set()
 
 
 # (thread, holders) while that thread starts a child that borrows the holders
@@ -858,7 +980,10 @@ def _after_fork_in_child() -> None:
     thread, keep = _passing
     if thread != _MAIN_THREAD:
         keep = frozenset()
-    for block in list(_every_block):
+    for ref in list(_every_block):
+        block = ref()
+        if block is None:
+            continue
         block._lock = threading.Lock()
         if not block.closed:
             for i in range(block.count):
@@ -871,12 +996,9 @@ def _after_fork_in_child() -> None:
 def _after_fork_in_parent() -> None:
     # Holders handed out before the fork may now be used by the child too:
     # closing them in the parent must really close them, not undo their
-    # listen() under the child.
-    for block in list(_every_block):
-        for ref in list(getattr(block, "_out", {}).values()):
-            sock = ref()
-            if sock is not None:
-                sock._shared = True
+    # listen() under the child (_HeldSocket._real_close).
+    global _forks
+    _forks += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child,

@@ -23,9 +23,15 @@ def _raise(err: int) -> NoReturn:
     raise OSError(err, os.strerror(err))
 
 
+_INTS = ffi.typeof("int[]")
+_ONE = [-1]
+
+
 def new_fds(count: int) -> Fds:
     """An int array for ``count`` descriptors, each -1."""
-    fds = ffi.new("int[]", count)
+    if count == 1:  # reserve(1): the usual call, from a list (faster)
+        return ffi.new(_INTS, _ONE)
+    fds = ffi.new(_INTS, count)
     ffi.memmove(fds, b"\xff" * (4 * count), 4 * count)
     return fds
 
@@ -37,12 +43,23 @@ def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int,
     return n, err[0]
 
 
-def hold_any(family: int, type: int) -> tuple[int, int]:
-    out = ffi.new("int[2]")  # fd, errno
-    port = lib.pr_hold_any(family, type, out, out + 1)
+def hold_one(family: int, type: int, lo: int, hi: int, reserved_fd: int, seed: int,
+             fds: Fds) -> int:
+    """reserve(1)'s holder on a random port, stored straight into fds[0]; its port or 0."""
+    err = ffi.new("int *")
+    port: int = lib.pr_hold_one(family, type, lo, hi, reserved_fd, seed, fds, err)
     if port < 0:
-        _raise(out[1])
-    return out[0], port
+        _raise(err[0])
+    return port
+
+
+def hold_any(family: int, type: int, fds: Fds) -> int:
+    """One holder on a port the kernel picks, stored straight into fds[0]; its port."""
+    err = ffi.new("int *")
+    port: int = lib.pr_hold_any(family, type, fds, err)
+    if port < 0:
+        _raise(err[0])
+    return port
 
 
 def close_all(fds: Fds, count: int) -> None:

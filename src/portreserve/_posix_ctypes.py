@@ -26,12 +26,15 @@ import _socket
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import socket
 import struct
 import sys
 
 assert sys.platform != "win32"  # POSIX only; also tells mypy to skip this module there
+
+from ._port_list import parse_port_list
 
 if TYPE_CHECKING:
     from ._interfaces import Fds
@@ -174,7 +177,55 @@ def hold(family: int, type: int, start: int, count: int, fds: Fds) -> tuple[int,
     return count, 0
 
 
-def hold_any(family: int, type: int) -> tuple[int, int]:
+_ONE_PORT_TRIES = 8  # as the shim
+
+
+@functools.lru_cache(maxsize=16)
+def _listed(text: bytes) -> list[tuple[int, int]] | None:
+    """ip_local_reserved_ports' text as spans; None for text the kernel does not write."""
+    try:
+        return parse_port_list(text.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+
+
+def hold_one(family: int, type: int, lo: int, hi: int, reserved_fd: int, seed: int,
+             fds: Fds) -> int:
+    if not 1 <= lo <= hi <= 65535:
+        _raise(errno.EINVAL)
+    spans: list[tuple[int, int]] = []
+    if reserved_fd >= 0:
+        text = os.pread(reserved_fd, 4096, 0)
+        # Longer than we read, or not the kernel's: the caller's search reads it.
+        listed = _listed(text) if len(text) < 4096 else None
+        if listed is None:
+            return 0
+        spans = listed
+    seed = seed or 1
+    for _ in range(_ONE_PORT_TRIES):
+        seed ^= (seed << 13) & 0xFFFFFFFF  # xorshift32, as the shim
+        seed ^= seed >> 17
+        seed ^= (seed << 5) & 0xFFFFFFFF
+        port = lo + seed % (hi - lo + 1)
+        if any(a <= port <= b for a, b in spans):
+            continue
+        s = _open_holder(family, type)
+        try:
+            s.bind((_WILDCARD[family], port))
+        except OSError as exc:
+            s.close()
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            continue
+        except BaseException:
+            s.close()
+            raise
+        _move(s, fds, 0)
+        return port
+    return 0
+
+
+def hold_any(family: int, type: int, fds: Fds) -> int:
     # The kernel's choice, read from a probe, then bound explicitly (as the
     # shim: only an explicitly bound port survives readopt()).  Until this
     # returns the port is not reserved: a racer only costs another try.
@@ -182,7 +233,7 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
         probe = socket.socket(family, type)  # no holder options needed (as the shim)
         try:
             probe.bind((_WILDCARD[family], 0))
-            port = probe.getsockname()[1]
+            port: int = probe.getsockname()[1]
         finally:
             probe.close()
         s = _open_holder(family, type)
@@ -196,7 +247,8 @@ def hold_any(family: int, type: int) -> tuple[int, int]:
         except BaseException:
             s.close()
             raise
-        return s.detach(), port
+        _move(s, fds, 0)
+        return port
     _raise(errno.EADDRINUSE)
 
 
@@ -469,12 +521,10 @@ def set_local_port_range(fd: int, lo: int, hi: int) -> None:
 def port_range() -> tuple[int, int]:
     """The range the kernel picks automatic ports from."""
     if _LINUX:
-        # Plain reads, as the shim's: open() costs twice as much.
-        fd = os.open("/proc/sys/net/ipv4/ip_local_port_range", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            lo, hi = os.read(fd, 64).split()
-        finally:
-            os.close(fd)
+        # A file object owns its descriptor from the start: reserve(1) reads
+        # this without a signal section.
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "rb") as f:
+            lo, hi = f.read().split()
         return int(lo), int(hi)
     libc = ctypes.CDLL(None, use_errno=True)
     out = []

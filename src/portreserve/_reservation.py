@@ -118,7 +118,7 @@ class Reservation:
         thread released it at the same time: exactly one call succeeds).
         """
         # The engine's close() says False when another thread released it first.
-        if self.closed or self._block.close() is False:
+        if self._block.closed or self._block.close() is False:
             raise InvalidParameter(f"release: reservation {self.token} was already released")
 
     def close(self) -> None:
