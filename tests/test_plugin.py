@@ -378,7 +378,10 @@ def test_interrupted(reserved_popen, reserved_tcp_port):
         assert result.ret == pytest.ExitCode.INTERRUPTED
         passed, skipped, failed = result.listoutcomes()
         assert (len(passed), len(failed)) == (4, 1)  # test_child_then_fail; then the interrupt
-        assert counts() == before
+        fds, threads, tasks, children = counts()
+        # Threads of earlier tests in this worker (an idle pool's) may end meanwhile.
+        assert (fds, children) == (before[0], before[3])
+        assert threads <= before[1] and tasks <= before[2]
     assert socket.socket.bind is original_bind  # the hand-off is off again
 
 
