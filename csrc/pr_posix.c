@@ -708,7 +708,8 @@ int pr_readopt(int fd, int reset_options, int *err)
         connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return fail(err);
     flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || ((flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0))
+    if (flags < 0 || ((flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) ||
+        fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) /* set_inheritable(True) undone */
         return fail(err);
     if (type == SOCK_DGRAM) {
         char byte;

@@ -76,9 +76,9 @@ int pr_port_range(unsigned int *lo, unsigned int *hi, int *err);
 
 /* Make fd, a socket that held its port for a user (a holder handed out, or
  * lent to a child), a holder again without ever unbinding the port: reuse
- * options and device cleared, listen() or connect() undone, blocking, a UDP
- * one deaf and drained; with reset_options also every option of the
- * hand-off list back to a fresh holder's value.  Needs a port bound
+ * options and device cleared, listen() or connect() undone, blocking and
+ * close-on-exec, a UDP one deaf and drained; with reset_options also every
+ * option of the hand-off list back to a fresh holder's value.  Needs a port bound
  * explicitly (not by bind(port 0)).  EISCONN for a TCP socket with a peer,
  * which cannot be undone without resetting the connection: pr_hold_beside. */
 int pr_readopt(int fd, int reset_options, int *err);

@@ -481,6 +481,7 @@ def test_socket_changed_through_its_descriptor_comes_back_a_holder():
         other = socket.socket(fileno=os.dup(s.fileno()))
         other.listen()
         other.setblocking(False)
+        os.set_inheritable(s.fileno(), True)  # a flag of this descriptor, not of the copy
         other.close()  # a copy of the descriptor: the socket stays open
         with socket.create_connection(("127.0.0.1", res.start), timeout=5):
             pass
@@ -489,5 +490,6 @@ def test_socket_changed_through_its_descriptor_comes_back_a_holder():
             assert probe.connect_ex(("127.0.0.1", res.start)) == errno.ECONNREFUSED
         assert not can_bind(res.start)
         again = res.socket()
-        assert again.getsockname()[1] == res.start and os.get_blocking(again.fileno())
+        assert again.getsockname()[1] == res.start
+        assert os.get_blocking(again.fileno()) and not again.get_inheritable()
         again.close()

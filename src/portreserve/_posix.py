@@ -218,9 +218,9 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
 
     The binds are the only real check.  Cheap guesses come first: for one
     port the kernel's own choice (after _hold_one's random ones), for more a
-    random start in the ephemeral range.  Only when that collides do we ask the
-    kernel which ports are bound (a sock_diag dump, which walks the kernel's socket tables of every
-    namespace) and search its map, ephemeral range first as Windows does,
+    random start in the ephemeral range.  Only when that collides do we ask
+    the kernel which ports are bound (a sock_diag dump, which walks the
+    kernel's socket tables of every namespace) and search its map, ephemeral range first as Windows does,
     then every unprivileged port.  TCP sockets that are only bound are
     left out of that dump (the costly part) and found by the binds, unless
     there are many.

@@ -589,6 +589,7 @@ def readopt(fd: int, reset_options: bool) -> None:
             finally:
                 s.detach()
         os.set_blocking(fd, True)
+        os.set_inheritable(fd, False)
         if type == _DGRAM:
             h = _wrap(fd)
             try:
