@@ -183,7 +183,8 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
     namespace) and search its map, ephemeral range first as Windows does,
     then every unprivileged port.  TCP sockets that are only bound are
     left out of that dump (the costly part) and found by the binds, unless
-    there are many.
+    there are many.  A map that binds proved stale is taken afresh, a
+    bounded number of times (_search).
     """
     global _family
     type_ = protocol.socket_type
