@@ -255,6 +255,34 @@ print('ok' if state != 'blind' else 'blind')
     assert out.strip() == "ok"
 
 
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_no_room_anywhere_is_a_conflict_that_holds_nothing(protocol):
+    # 100 ports outside ip_local_reserved_ports, one of them held by another
+    # process (a TCP holder only bound, which the first dump leaves out): no
+    # block of 60 fits.  The search gives up with ReservationConflict rather
+    # than retaking maps of a host that is not changing, and leaves every
+    # port it tried free.
+    out = in_netns(PRELUDE + f"""
+sysctl('ip_local_port_range', '60000 60009')
+sysctl('ip_local_reserved_ports', '1024-49999,50100-65535')
+holder = occupy((50050,), {protocol!r})
+try:
+    try:
+        portreserve.reserve(60, protocol={protocol!r})
+    except portreserve.ReservationConflict as exc:
+        assert exc.errno == 98 and '60' in str(exc), exc
+    else:
+        raise AssertionError('reserved')
+    for port in (50000, 50049, 50051, 50099):
+        assert len(others_can_bind(port, {protocol!r})) == 4, port
+finally:
+    holder.stdin.close()
+    holder.wait()
+print('ok')
+""")
+    assert out.strip() == "ok"
+
+
 # ---- the parser of the kernel's sock_diag replies (issue 16 item 11) ----
 
 CORPUS = Path(__file__).parent / "sanitize" / "corpus" / "diag"

@@ -220,8 +220,8 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
 # taken come free and ports it shows free are taken, so a large block can
 # find no room in one map and yet fit a fresh one.  A map is taken again
 # only after a bind failed on a port it showed free (the host changed, or
-# held bound-only sockets the first dump leaves out); a host that has no
-# free block answers after one map.
+# held bound-only sockets the first dump leaves out, which a fresh map then
+# includes); a host that has no free block answers after one or two maps.
 _MAPS_PER_SEARCH = 4
 
 
@@ -232,15 +232,15 @@ def _search(protocol: Protocol, count: int, fds: Fds, eph_lo: int, eph_hi: int,
     type_ = protocol.socket_type
     proto = _IPPROTO[protocol]
     need = bytes(count)
-    wasted = 0  # binds that failed, over every map
     for maps in range(_MAPS_PER_SEARCH):
         taken = _bound_ports(proto, _DUMP_ACTIVE, bytearray(65536))
+        wasted = 0  # binds that failed in this map
         if maps:
-            # Afresh: ip_local_reserved_ports may have changed too, and
-            # bound-only sockets were met already if binds were wasted.
+            # Binds failed in the last map: bound-only sockets may be why,
+            # and ip_local_reserved_ports may have changed too.
+            _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
+            wasted = _BINDS_BEFORE_BOUND_ONLY_DUMP  # past the threshold: dumped already
             reserved = _reserved_spans()
-            if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP:
-                _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
         for lo, hi in reserved:
             taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
         failed = False
