@@ -223,7 +223,8 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
     kernel's socket tables of every namespace) and search its map, ephemeral range first as Windows does,
     then every unprivileged port.  TCP sockets that are only bound are
     left out of that dump (the costly part) and found by the binds, unless
-    there are many.
+    there are many.  A map that binds proved stale is taken afresh, a
+    bounded number of times (_search).
     """
     type_ = protocol.socket_type
     if count == 1:  # Block tried _hold_one's random ports first
@@ -246,31 +247,60 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
                 return start
             if err not in _TAKEN:
                 raise _errors.from_errno(err, "reserve")
+    return _search(protocol, count, fds, eph_lo, eph_hi, reserved)
+
+
+# How many maps of the kernel's sockets one search may take.  A map is a
+# snapshot: while another process reserves and releases, ports it shows
+# taken come free and ports it shows free are taken, so a large block can
+# find no room in one map and yet fit a fresh one.  A map is taken again
+# only after a bind failed on a port it showed free (the host changed, or
+# held bound-only sockets the first dump leaves out, which a fresh map then
+# includes); a host that has no free block answers after one or two maps.
+_MAPS_PER_SEARCH = 4
+
+
+def _search(protocol: Protocol, count: int, fds: Fds, eph_lo: int, eph_hi: int,
+            reserved: list[tuple[int, int]]) -> int:
+    """Hold the first free block of ``count`` in the kernel's map of bound
+    ports: the ephemeral range first, then every port from 1024."""
+    type_ = protocol.socket_type
     proto = _IPPROTO[protocol]
-    taken = _bound_ports(proto, _DUMP_ACTIVE, bytearray(65536))
-    for lo, hi in reserved:
-        taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
     need = bytes(count)
-    wasted = 0  # binds that failed since the dump
-    for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
-        pos = random.randint(lo, hi)
-        for first in (pos, lo):
-            while True:
-                start = taken.find(need, first, hi + 1)
-                if start < 0:
-                    break
-                n, err = _hold(type_, start, count, fds)
-                if n == count:
-                    return start
-                if err not in _TAKEN:
-                    raise _errors.from_errno(err, "reserve")
-                taken[start + n] = 1
-                first = start + n + 1
-                wasted += n + 1
-                if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP > wasted - n - 1:
-                    # Many ports only bound (other blocks' holders): their
-                    # dump costs less than finding them one bind at a time.
-                    _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
+    for maps in range(_MAPS_PER_SEARCH):
+        taken = _bound_ports(proto, _DUMP_ACTIVE, bytearray(65536))
+        wasted = 0  # binds that failed in this map
+        if maps:
+            # Binds failed in the last map: bound-only sockets may be why,
+            # and ip_local_reserved_ports may have changed too.
+            _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
+            wasted = _BINDS_BEFORE_BOUND_ONLY_DUMP  # past the threshold: dumped already
+            reserved = _reserved_spans()
+        for lo, hi in reserved:
+            taken[lo:hi + 1] = b"\1" * (hi - lo + 1)
+        failed = False
+        for lo, hi in ((eph_lo, eph_hi), (1024, 65535)):
+            pos = random.randint(lo, hi)
+            for first in (pos, lo):
+                while True:
+                    start = taken.find(need, first, hi + 1)
+                    if start < 0:
+                        break
+                    n, err = _hold(type_, start, count, fds)
+                    if n == count:
+                        return start
+                    if err not in _TAKEN:
+                        raise _errors.from_errno(err, "reserve")
+                    taken[start + n] = 1
+                    first = start + n + 1
+                    failed = True
+                    wasted += n + 1
+                    if wasted >= _BINDS_BEFORE_BOUND_ONLY_DUMP > wasted - n - 1:
+                        # Many ports only bound (other blocks' holders): their
+                        # dump costs less than finding them one bind at a time.
+                        _bound_ports(proto, _DUMP_BOUND_ONLY, taken)
+        if not failed:
+            break
     raise _errors.ReservationConflict(
         f"reserve: no free block of {count} consecutive {protocol.value.upper()} ports")
 
