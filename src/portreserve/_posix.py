@@ -220,11 +220,11 @@ def _hold_wildcard(protocol: Protocol, count: int, fds: Fds) -> int:
     port the kernel's own choice (after _hold_one's random ones), for more a
     random start in the ephemeral range.  Only when that collides do we ask
     the kernel which ports are bound (a sock_diag dump, which walks the
-    kernel's socket tables of every namespace) and search its map, ephemeral range first as Windows does,
-    then every unprivileged port.  TCP sockets that are only bound are
-    left out of that dump (the costly part) and found by the binds, unless
-    there are many.  A map that binds proved stale is taken afresh, a
-    bounded number of times (_search).
+    kernel's socket tables of every namespace) and search its map,
+    ephemeral range first as Windows does, then every unprivileged port.
+    TCP sockets that are only bound are left out of that dump (the costly
+    part) and found by the binds, unless there are many.  A map that binds
+    proved stale is taken afresh, a bounded number of times (_search).
     """
     type_ = protocol.socket_type
     if count == 1:  # Block tried _hold_one's random ports first
