@@ -700,11 +700,12 @@ int pr_readopt(int fd, int reset_options, int *err)
      * the socket listens, which then cannot be undone. */
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && listening)
         return fail(err);
-    /* A TCP socket that listened with SO_REUSEPORT left Linux's bind bucket
-     * letting our uid's SO_REUSEPORT binds skip the conflict check
-     * (tb->fastreuseport); a listen() without the flag resets that.  It
-     * fails while TIME_WAIT connections of the port bar it: best effort. */
-    if (type == SOCK_STREAM && reuseport && listen(fd, 1) == 0 &&
+    /* Reuse options on a TCP socket let Linux's bind bucket remember binds
+     * that skip the conflict check (tb->fastreuse, tb->fastreuseport with
+     * a uid): the socket's own, or another process's that SO_REUSEADDR let
+     * in beside it.  A listen() without the flags resets that.  It fails
+     * while TIME_WAIT connections of the port bar it: best effort. */
+    if (type == SOCK_STREAM && (reuseport || reuseaddr) && listen(fd, 1) == 0 &&
         connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
         return fail(err);
     flags = fcntl(fd, F_GETFL);

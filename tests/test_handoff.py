@@ -903,3 +903,128 @@ def test_hand_off_keeps_every_option_the_user_set():
         s.listen()
         assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
         s.close()
+
+
+# ---- a fresh user's findings on Reservation.socket() ------------------------
+
+def test_server_on_the_held_socket_restarts_over_its_time_wait():
+    # The server closes its connections first: they stay in TIME_WAIT on the
+    # reserved port, and the next socket's listen() must still succeed.
+    with portreserve.reserve(1) as res:
+        for _ in range(3):
+            s = res.socket()
+            s.listen()
+            client = socket.create_connection(("127.0.0.1", res.start), timeout=5)
+            conn, _ = s.accept()
+            conn.close()
+            client.close()
+            s.close()
+            assert nobody_takes(res.start)
+
+
+CLOSE_INTERRUPTED = """
+import os, random, signal, time
+import portreserve
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, interrupt)
+before = set(os.listdir("/proc/self/fd"))
+rng = random.Random({seed})
+hits = 0
+for _ in range(2000):
+    res = portreserve.reserve(1)
+    s = res.socket()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 3e-5))
+        s.close()
+        time.sleep(1e-4)
+    except KeyboardInterrupt:
+        hits += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    s.close()  # again, as a user would after the interrupt
+    res.close()
+print(hits, len(set(os.listdir("/proc/self/fd")) - before))
+"""
+
+
+def test_close_interrupted_and_called_again_leaves_nothing():
+    result = run_python(CLOSE_INTERRUPTED.format(seed=random.randrange(1 << 30)), timeout=300)
+    assert result.returncode == 0, result.stderr
+    hits, left = map(int, result.stdout.split())
+    assert hits > 20, "the timer hardly ever struck"
+    assert left == 0
+
+
+def test_collected_listening_socket_stops_listening_at_once():
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        s.listen()
+        del s
+        gc.collect()
+        with socket.socket() as probe:  # no call on the reservation since
+            assert probe.connect_ex(("127.0.0.1", res.start)) == errno.ECONNREFUSED
+        assert nobody_takes(res.start)
+
+
+REUSEPORT_ONLY = """
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, {addr})
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+try:
+    s.bind(("::1", {port}))
+    print("bound")
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+@as_root
+def test_reuse_options_of_a_handed_back_socket_leave_no_opening_in_the_kernel_cache():
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # As the user chose: while it is set, others who set it share the port.
+        beside = run_python(REUSEPORT_ONLY.format(addr=1, port=res.start), user=NOBODY)
+        assert beside.stdout.strip() == "bound", beside.stderr
+        s.close()
+        after = run_python(REUSEPORT_ONLY.format(addr=0, port=res.start), user=NOBODY)
+        assert after.stdout.strip() == str(errno.EADDRINUSE), after.stderr
+        assert nobody_takes(res.start)
+
+
+def test_a_dup_of_the_held_socket_keeps_listening_and_the_port_comes_back_after():
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        s.listen()
+        copy = s.dup()
+        s.close()  # the copy still serves: nothing is undone under it
+        with socket.create_connection(("127.0.0.1", res.start), timeout=5):
+            copy.accept()[0].close()
+        with pytest.raises(portreserve.ReservationExhausted):
+            res.socket()
+        copy.close()
+        again = res.socket()  # held again once the copy is closed too
+        assert again.getsockname()[1] == res.start
+        again.close()
+        assert nobody_takes(res.start)
+
+
+def test_detached_holder_is_held_again_once_its_descriptor_is_closed():
+    # ssl's wrap_socket() detaches the socket it wraps; closing the TLS
+    # socket must not leave the reservation without its port for good.
+    with portreserve.reserve(1) as res:
+        s = res.socket()
+        s.listen()
+        fd = s.detach()
+        with pytest.raises(portreserve.ReservationExhausted):
+            res.socket()
+        assert nobody_takes(res.start)  # the caller's socket holds it
+        os.close(fd)
+        again = res.socket()
+        assert again.getsockname()[1] == res.start
+        again.close()
+        assert nobody_takes(res.start)

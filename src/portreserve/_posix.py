@@ -369,7 +369,7 @@ class Block:
     # Slots: a reservation is made and dropped on every reserve(1); its
     # state then costs less to set up and to read.
     __slots__ = ("closed", "_fds", "count", "protocol", "_type", "_lock", "_dropped",
-                 "start", "family", "_free", "_lent", "_lost", "owner",
+                 "start", "family", "_free", "_lent", "_lost", "_given", "owner",
                  "finalizer", "_token", "__weakref__")
 
     def __init__(self, protocol: Protocol, start: int, count: int) -> None:
@@ -412,6 +412,8 @@ class Block:
             {0: None} if count == 1 else dict.fromkeys(range(count - 1, -1, -1)))
         self._lent: dict[int, weakref.ref[Socket]] = {}
         self._lost: set[int] = set()
+        # Holders handed out and detached: (descriptor, its socket's inode).
+        self._given: dict[int, tuple[int, int]] = {}
         # Set by acquire(): the socket whose lifetime bounds the reservation.
         self.owner: weakref.ref[socket.socket] | None = None
         self.finalizer: weakref.finalize | None = None
@@ -436,7 +438,8 @@ class Block:
         if self._dropped:
             with _signals_held():
                 for port, fd in self._drain_dropped():
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
         self.closed = True
 
     def _drain_dropped(self) -> list[tuple[int, int]]:
@@ -452,8 +455,11 @@ class Block:
             raise InvalidParameter(f"bind: reservation {self.token} was released")
         if self._dropped:
             for dropped_port, fd in self._drain_dropped():
-                self._readopt(dropped_port, fd, True)
-        if self._lent or self._lost:
+                if fd < 0:
+                    self._lost.add(dropped_port - self.start)
+                else:
+                    self._readopt(dropped_port, fd, True)
+        if self._lent or self._lost or self._given:
             self._collect()
         if port:
             i = port - self.start
@@ -465,12 +471,17 @@ class Block:
             del self._free[i]
             return i
         if not self._free:
-            raise ReservationExhausted(f"bind: every port of {self.start}.."
-                                       f"{self.start + self.count - 1} is held by an open socket")
+            waiting = ", ".join(str(self.start + i) for i in sorted(self._lost))
+            raise ReservationExhausted(
+                f"bind: every port of {self.start}..{self.start + self.count - 1} is held by "
+                f"an open socket" + (f" or waits to be held again ({waiting}: another "
+                                     f"socket is bound there, one in TIME_WAIT say)"
+                                     if waiting else ""))
         return self._free.popitem()[0]
 
     def _collect(self) -> None:
-        """Hold again the ports of the user's own sockets that were closed.
+        """Hold again the ports of the user's own sockets that were closed,
+        and of detached holders whose descriptor was.
 
         Costs a look at each such socket still open (sockets made by
         socket() report their close themselves), and a bind per lost port.
@@ -484,6 +495,14 @@ class Block:
                 self._free[i] = None
             else:
                 self._lost.add(i)
+        for i, (fd, inode) in list(self._given.items()):
+            try:
+                if os.fstat(fd).st_ino == inode:
+                    continue  # still open: the caller's
+            except OSError:
+                pass
+            del self._given[i]
+            self._lost.add(i)
         for i in list(self._lost):
             try:
                 calls.rehold(self.family, self.protocol.socket_type, self.start + i,
@@ -554,6 +573,9 @@ class Block:
             _socket.socket.close(sock)
             return
         fd = _socket.socket.fileno(sock)
+        if fd < 0:  # an interrupted close() already gave it back
+            sock._block = None
+            return
         self._fds[i] = fd
         self._free[i] = None
         _socket.socket.detach(sock)
@@ -580,6 +602,7 @@ class Block:
     def _readopt(self, port: int, fd: int, reset_options: bool) -> None:
         i = port - self.start
         self._lent.pop(i, None)
+        self._given.pop(i, None)
         if self.closed or not 0 <= i < self.count or self._fds[i] >= 0:
             os.close(fd)  # released, or not a port this block gave out
             return
@@ -605,6 +628,17 @@ class Block:
             if not self.closed:
                 self._lost.add(i)
                 self._collect()
+
+    def _detached(self, port: int, fd: int) -> None:
+        """A holder handed out was detached (ssl's wrap_socket does that): the
+        port is the caller's while ``fd`` stays open on that socket, and held
+        again once it is closed (seen at a later call)."""
+        try:
+            inode = os.fstat(fd).st_ino
+        except OSError:
+            return
+        with self._lock:
+            self._given[port - self.start] = (fd, inode)
 
     def take(self, sock: Socket, host: str, port: int = 0) -> int:
         """Hand a port of the block (``port``, or any if 0) to the user's ``sock``.
@@ -761,7 +795,7 @@ class _HeldSocket(socket.socket):
     _port: int
     _dirty: bool  # setsockopt() was called: readopt() resets the options
     _used: bool  # anything that may have changed the holder was called
-    _forks: int  # _forks when handed out: a child forked since may use it
+    _forks: int  # _forks when handed out: a child forked since may use it; -1: dup()
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = 0,
                  fileno: int | None = None) -> None:
@@ -779,7 +813,7 @@ class _HeldSocket(socket.socket):
     # to undo.
     def listen(self, *args: Any) -> None:
         self._used = True
-        super().listen(*args)
+        _listen_over_time_wait(self, _socket.socket.listen, *args)
 
     def connect(self, *args: Any) -> None:
         self._used = True
@@ -805,9 +839,18 @@ class _HeldSocket(socket.socket):
         self._used = True
         return super().fileno()
 
+    def dup(self) -> _HeldSocket:
+        # The copy shares this socket: closing this one must really close
+        # it (as after fork), and the port is held again once both are.
+        self._forks = -1
+        return super().dup()
+
     def detach(self) -> int:
-        self._block = None  # the port is the caller's for good
-        return super().detach()
+        block, self._block = self._block, None
+        fd = super().detach()
+        if block is not None and fd >= 0:
+            block._detached(self._port, fd)
+        return fd
 
     def _real_close(self, _ss: type[_socket.socket] = _socket.socket) -> None:
         block = getattr(self, "_block", None)
@@ -825,8 +868,8 @@ class _HeldSocket(socket.socket):
             with block._lock:
                 block._take_back(self)
             return
-        self._block = None
         with _signals_held(), block._lock:
+            self._block = None
             block._readopt(self._port, _ss.detach(self), self._dirty)
 
     def __del__(self) -> None:
@@ -837,8 +880,20 @@ class _HeldSocket(socket.socket):
             _socket.socket.close(self)
             return
         self._block = None
+        if self._forks != _forks:  # shared: really closed, held anew when it can be
+            _socket.socket.close(self)
+            block._dropped.append((self._port, -1))
+            return
         with _signals_held():
-            block._dropped.append((self._port, _socket.socket.detach(self)))
+            fd = _socket.socket.detach(self)
+            if self._used:
+                # What pr_readopt undoes (a listen() above all) it undoes at
+                # once; the block takes the holder back at its next call.
+                try:
+                    calls.readopt(fd, False)
+                except OSError:
+                    pass  # a connection: the block replaces it then
+            block._dropped.append((self._port, fd))
 
 
 def _family_for(host: str, default: int) -> int:
@@ -938,27 +993,33 @@ def _reuse_when_listening(sock: socket.socket) -> None:
             socket.socket.listen = _listen  # type: ignore[method-assign,assignment]
 
 
+def _listen_over_time_wait(sock: socket.socket, listen: Any, *args: int) -> None:
+    """``listen(sock, *args)`` for a server socket on a reserved port, which
+    comes without SO_REUSEADDR (see Block.take).  TIME_WAIT connections of an
+    earlier server that had it bar a listen() without it (listen() checks
+    the port again): for that call it is set just before.  Then it stays
+    set: each connection copies the option as it is made, and its TIME_WAIT
+    must have it for the port's next server to listen beside."""
+    setsockopt = _socket.socket.setsockopt
+    try:
+        listen(sock, *args)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listen(sock, *args)
+        except BaseException:
+            setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+            raise
+    setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
 def _listen(self: socket.socket, *args: int) -> None:
     if self not in _reuse_on_listen:
         _plain_listen(self, *args)
     else:
-        try:
-            _plain_listen(self, *args)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            # TIME_WAIT connections of an earlier server that had
-            # SO_REUSEADDR bar a listen() without it (listen() checks the
-            # port again): for this call it is set just before.
-            self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                _plain_listen(self, *args)
-            except BaseException:
-                self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-                raise
-        # At once: each connection copies the option as it is made, and its
-        # TIME_WAIT must have it for the port's next holder to bind beside.
-        self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _listen_over_time_wait(self, _plain_listen, *args)
     with _listen_lock:
         _reuse_on_listen.discard(self)
         if not _reuse_on_listen and socket.socket.listen is _listen:

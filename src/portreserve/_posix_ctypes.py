@@ -561,7 +561,8 @@ def readopt(fd: int, reset_options: bool) -> None:
                     if exc.errno != errno.ENOTCONN:
                         raise
             reuseport = s.getsockopt(_SOL, socket.SO_REUSEPORT)
-            if s.getsockopt(_SOL, socket.SO_REUSEADDR):  # cleared only where set, as the shim
+            reuseaddr = s.getsockopt(_SOL, socket.SO_REUSEADDR)
+            if reuseaddr:  # cleared only where set, as the shim
                 s.setsockopt(_SOL, socket.SO_REUSEADDR, 0)
             if reuseport:
                 s.setsockopt(_SOL, socket.SO_REUSEPORT, 0)
@@ -577,8 +578,8 @@ def readopt(fd: int, reset_options: bool) -> None:
         finally:
             s.detach()
         _disconnect(fd, bool(listening))
-        if type == _STREAM and reuseport:
-            # Reset Linux's SO_REUSEPORT bind cache (see pr_readopt); best effort.
+        if type == _STREAM and (reuseport or reuseaddr):
+            # Reset Linux's bind-bucket cache (see pr_readopt); best effort.
             s = _wrap(fd)
             try:
                 s.listen(1)
