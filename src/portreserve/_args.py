@@ -114,6 +114,8 @@ def sock_matches(call: str, value: socket.socket, expected: Protocol) -> None:
 def host(call: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{call}: host must be a str, not {type(value).__name__}")
+    if "\0" in value:  # the resolver would read it only up to the NUL
+        raise InvalidParameter(f"{call}: host {value!r} contains a NUL character")
     return value
 
 
