@@ -180,18 +180,19 @@ def test_racing_process_never_gets_the_port_through_socket_cycles(protocol):
     assert results == ["nothing"] * len(racers)
 
 
-def test_socket_used_as_server_comes_back_stopped_listening():
+def test_socket_used_as_server_comes_back_stopped_listening_and_restarts():
     with portreserve.reserve(1) as res:
-        s = res.socket()
-        s.listen()
-        client = socket.create_connection(("127.0.0.1", res.start), timeout=5)
-        conn, _ = s.accept()
-        conn.close()
-        client.close()
-        s.close()
-        with socket.socket() as probe:  # the holder no longer listens
-            assert probe.connect_ex(("127.0.0.1", res.start)) == errno.ECONNREFUSED
-        assert nobody_takes(res.start)
+        for _ in range(3):
+            s = res.socket()
+            s.listen()  # again over the TIME_WAIT of the round before
+            client = socket.create_connection(("127.0.0.1", res.start), timeout=5)
+            conn, _ = s.accept()
+            conn.close()  # the server closes first: TIME_WAIT on the reserved port
+            client.close()
+            s.close()
+            with socket.socket() as probe:  # the holder no longer listens
+                assert probe.connect_ex(("127.0.0.1", res.start)) == errno.ECONNREFUSED
+            assert nobody_takes(res.start)
 
 
 def test_connected_socket_is_replaced_by_a_holder_on_close():
@@ -907,19 +908,12 @@ def test_hand_off_keeps_every_option_the_user_set():
 
 # ---- a fresh user's findings on Reservation.socket() ------------------------
 
-def test_server_on_the_held_socket_restarts_over_its_time_wait():
-    # The server closes its connections first: they stay in TIME_WAIT on the
-    # reserved port, and the next socket's listen() must still succeed.
-    with portreserve.reserve(1) as res:
-        for _ in range(3):
-            s = res.socket()
-            s.listen()
-            client = socket.create_connection(("127.0.0.1", res.start), timeout=5)
-            conn, _ = s.accept()
-            conn.close()
-            client.close()
-            s.close()
-            assert nobody_takes(res.start)
+def assert_held_again(res):
+    """The one-port reservation hands out its port again, and keeps it closed."""
+    again = res.socket()
+    assert again.getsockname()[1] == res.start
+    again.close()
+    assert nobody_takes(res.start)
 
 
 CLOSE_INTERRUPTED = """
@@ -1007,10 +1001,7 @@ def test_a_dup_of_the_held_socket_keeps_listening_and_the_port_comes_back_after(
         with pytest.raises(portreserve.ReservationExhausted):
             res.socket()
         copy.close()
-        again = res.socket()  # held again once the copy is closed too
-        assert again.getsockname()[1] == res.start
-        again.close()
-        assert nobody_takes(res.start)
+        assert_held_again(res)  # once the copy is closed too
 
 
 def test_detached_holder_is_held_again_once_its_descriptor_is_closed():
@@ -1024,7 +1015,4 @@ def test_detached_holder_is_held_again_once_its_descriptor_is_closed():
             res.socket()
         assert nobody_takes(res.start)  # the caller's socket holds it
         os.close(fd)
-        again = res.socket()
-        assert again.getsockname()[1] == res.start
-        again.close()
-        assert nobody_takes(res.start)
+        assert_held_again(res)

@@ -207,22 +207,28 @@ def hold_one(family: int, type: int, lo: int, hi: int, reserved_fd: int, seed: i
         seed ^= seed >> 17
         seed ^= (seed << 5) & 0xFFFFFFFF
         port = lo + seed % (hi - lo + 1)
-        if any(a <= port <= b for a, b in spans):
-            continue
-        s = _open_holder(family, type)
-        try:
-            s.bind((_WILDCARD[family], port))
-        except OSError as exc:
-            s.close()
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
-                raise
-            continue
-        except BaseException:
-            s.close()
-            raise
-        _move(s, fds, 0)
-        return port
+        if not any(a <= port <= b for a, b in spans) and _hold_at(
+                family, type, port, fds, (errno.EADDRINUSE, errno.EACCES)):
+            return port
     return 0
+
+
+def _hold_at(family: int, type: int, port: int, fds: Fds, taken: tuple[int, ...]) -> bool:
+    """One holder bound to ``port``, into fds[0]; False if its bind failed
+    with an errno of ``taken`` (the port is someone else's)."""
+    s = _open_holder(family, type)
+    try:
+        s.bind((_WILDCARD[family], port))
+    except OSError as exc:
+        s.close()
+        if exc.errno in taken:
+            return False
+        raise
+    except BaseException:
+        s.close()
+        raise
+    _move(s, fds, 0)
+    return True
 
 
 def hold_any(family: int, type: int, fds: Fds) -> int:
@@ -236,19 +242,8 @@ def hold_any(family: int, type: int, fds: Fds) -> int:
             port: int = probe.getsockname()[1]
         finally:
             probe.close()
-        s = _open_holder(family, type)
-        try:
-            s.bind((_WILDCARD[family], port))
-        except OSError as exc:
-            s.close()
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            continue
-        except BaseException:
-            s.close()
-            raise
-        _move(s, fds, 0)
-        return port
+        if _hold_at(family, type, port, fds, (errno.EADDRINUSE,)):
+            return port
     _raise(errno.EADDRINUSE)
 
 
