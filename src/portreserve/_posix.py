@@ -874,7 +874,8 @@ class _HeldSocket(socket.socket):
 
     def __del__(self) -> None:
         # Collected while still open: back to the block at its next call
-        # (never here: the collector may run while the block's lock is held).
+        # (the collector may run while the block's lock is held, so only
+        # system calls on the socket itself happen here).
         block = getattr(self, "_block", None)
         if block is None or block.closed or _socket.socket.fileno(self) == -1:
             _socket.socket.close(self)
