@@ -146,3 +146,16 @@ def free_block(count: int) -> int:
     import portreserve
     with portreserve.reserve(count) as res:
         return res.start
+
+
+def import_paths() -> list[str]:
+    """Where this build of portreserve (and cffi's backend) is imported from:
+    the sys.path a child of another uid needs to import the same build."""
+    import portreserve
+    paths = [os.path.dirname(os.path.dirname(portreserve.__file__))]
+    try:
+        import _cffi_backend
+        paths.append(os.path.dirname(_cffi_backend.__file__))
+    except ImportError:
+        pass
+    return paths

@@ -24,7 +24,7 @@ import pytest
 import portreserve
 from portreserve import InvalidParameter, PortReservationError, ReservationConflict, lowlevel
 
-from helpers import LINUX, ROOT, bound_here, in_netns, open_fds, run_python
+from helpers import LINUX, ROOT, bound_here, import_paths, in_netns, open_fds, run_python
 
 pytestmark = pytest.mark.skipif(not LINUX, reason="Linux's bind rules")
 as_root = pytest.mark.skipif(not ROOT, reason="needs root (another uid, a namespace)")
@@ -485,20 +485,9 @@ except OSError as e:
 """
 
 
-def _owner_paths():
-    import portreserve as pr
-    paths = [os.path.dirname(os.path.dirname(pr.__file__))]
-    try:
-        import _cffi_backend
-        paths.append(os.path.dirname(_cffi_backend.__file__))
-    except ImportError:
-        pass
-    return paths
-
-
 @pytest.mark.parametrize("user", [None, pytest.param(NOBODY, marks=as_root)])
 def test_same_uid_reuseport_process_cannot_take_over_after_bind(user):
-    code = OWNER.format(paths=_owner_paths(), attack=REUSEPORT_ATTACK)
+    code = OWNER.format(paths=import_paths(), attack=REUSEPORT_ATTACK)
     result = run_python(code, user=user)
     if user and ("No module named" in result.stderr or "Permission denied" in result.stderr):
         pytest.skip(f"uid {user} cannot import this build: {result.stderr.strip()[-200:]}")
@@ -610,7 +599,7 @@ for protocol in ("tcp", "udp"):
 @pytest.mark.parametrize("user", [None, pytest.param(NOBODY, marks=as_root)])
 def test_reuseaddr_set_before_bind_as_a_non_root_owner(user):
     # The owner and the intruder of one uid (another than root's, as root).
-    code = REUSEADDR_OWNER.format(paths=_owner_paths(), attack=ATTACK)
+    code = REUSEADDR_OWNER.format(paths=import_paths(), attack=ATTACK)
     result = run_python(code, user=user)
     if user and ("No module named" in result.stderr or "Permission denied" in result.stderr):
         pytest.skip(f"uid {user} cannot import this build: {result.stderr.strip()[-200:]}")

@@ -13,13 +13,12 @@ WSAEADDRNOTAVAIL), naming the port and the loopback interface.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from helpers import ROOT, _python_for, netns_prefix
+from helpers import ROOT, _python_for, import_paths, netns_prefix
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="private network namespaces")
@@ -39,24 +38,13 @@ for host in ("", "0.0.0.0", "127.0.0.1"):
 """
 
 
-def _paths() -> list[str]:
-    import portreserve
-    paths = [os.path.dirname(os.path.dirname(portreserve.__file__))]
-    try:
-        import _cffi_backend
-        paths.append(os.path.dirname(_cffi_backend.__file__))
-    except ImportError:
-        pass
-    return paths
-
-
 @pytest.mark.parametrize("user", [None, pytest.param(NOBODY, marks=pytest.mark.skipif(
     not ROOT, reason="setpriv to another uid needs root"))])
 def test_loopback_down_is_named(user):
     command = netns_prefix()  # lo stays down
     if user is not None:  # as the uid the cache matters for (a non-root owner)
         command += ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
-    command += [_python_for(user), "-c", CODE.format(paths=_paths())]
+    command += [_python_for(user), "-c", CODE.format(paths=import_paths())]
     r = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if user is not None and ("No module named" in r.stderr or "Permission denied" in r.stderr):
         pytest.skip(f"uid {user} cannot import this build: {r.stderr.strip()[-200:]}")
